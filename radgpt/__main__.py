@@ -1,0 +1,3 @@
+from radgpt.cli import main
+
+raise SystemExit(main())
