@@ -1,0 +1,1 @@
+"""reports → records: corpus readers, the section parser, patient-level splits, instruction tasks."""
