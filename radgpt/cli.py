@@ -55,7 +55,13 @@ def main(argv: list[str] | None = None) -> int:
             importlib.import_module(module).add_arguments(p)
     if verb is not None and verb not in VERBS:
         parser.error(f"unknown verb '{verb}' (choose from {', '.join(VERBS)})")
-    args = parser.parse_args(argv)
+    # argparse stops collecting a positional list at the first option; verbs whose positionals are
+    # `inputs` (paths and key=value overrides) get the rest back, so `prepare a.csv --out o seed=1` works
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if any(e.startswith("-") for e in extra) or not isinstance(getattr(args, "inputs", None), list):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.inputs.extend(extra)
     if args.verb is None:
         parser.print_help()
         return 2

@@ -21,6 +21,7 @@ import argparse
 import hashlib
 import json
 import re
+import resource
 import statistics
 import sys
 import time
@@ -78,7 +79,7 @@ class PrepareConfig:
 def _category(reason: str) -> str:
     """Group problem reasons for the summary ('row 7 has 3 fields' and 'row 9 ...' are one kind)."""
     head = reason.split(":")[0].split(" (")[0]
-    return re.sub(r"\d+", "N", head).strip()
+    return re.sub(r"(?<![\w-])\d+(?!\w)", "N", head).strip()
 
 
 def _pair_hash(findings: str, impression: str) -> int:
@@ -288,6 +289,7 @@ def prepare(cfg: PrepareConfig, console: Console | None = None) -> dict:
         "patients_in_two_splits_in_split_file": len(patients_conflicting),
         "leaked_pairs": "dropped" if cfg.split.drop_leaked else "flagged with in_train=true",
         "seconds": round(time.perf_counter() - t0, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "config": to_dict(cfg),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")

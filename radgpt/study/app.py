@@ -1,0 +1,383 @@
+"""The reader-study web app: server-rendered pages, one small script, a JSON endpoint to save ratings.
+
+Who sees what is decided here, server-side, on every request:
+  reader  their own worklist and ratings only (another reader's item is 403); no model name or code ever
+  admin   study set-up, readers, progress, the unblinding key, every rating, the CSV export
+Every POST/PUT needs the session's CSRF token (form field `csrf` or header `X-CSRF-Token`); the login
+form, which has no session yet, uses a double-submit cookie. Each rating save is its own transaction.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import sessionmaker
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+from radgpt.errors import FatalError
+from radgpt.study import auth
+from radgpt.study.create import Fields, assign_all_readers, create_study
+from radgpt.study.criteria import CRITERIA, NAMES, PREFERENCES, SCALE
+from radgpt.study.export import rating_rows, to_csv
+from radgpt.study.models import Assignment, Candidate, Case, Rating, Slot, Study, System, User, open_db
+
+HERE = Path(__file__).parent
+COOKIE = "radgpt_study"
+LOGIN_CSRF_COOKIE = "radgpt_login_csrf"
+
+
+class LoginRequired(Exception):
+    pass
+
+
+class RatingIn(BaseModel):
+    """The full state of one candidate's rating (autosave sends it whole, so a resend is idempotent)."""
+
+    model_config = ConfigDict(extra="forbid")
+    understandability: int | None = Field(None, ge=1, le=5)
+    coherence: int | None = Field(None, ge=1, le=5)
+    relevance: int | None = Field(None, ge=1, le=5)
+    conciseness: int | None = Field(None, ge=1, le=5)
+    clinical_utility: int | None = Field(None, ge=1, le=5)
+    comment: str = Field("", max_length=5000)
+    preference: str | None = None
+
+
+def _safe_next(url: str | None) -> str:
+    # Only same-site paths: an open redirect after login would be a phishing aid.
+    if url and url.startswith("/") and not url.startswith("//") and "\\" not in url:
+        return url
+    return "/"
+
+
+def create_app(db: str, session_hours: float = 12.0, allowed_hosts: list[str] | None = None,
+               secure_cookies: bool = False) -> FastAPI:
+    engine, Session = open_db(db, create=True)
+    app = FastAPI(title="radgpt reader study", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine, app.state.Session = engine, Session
+    templates = Jinja2Templates(directory=str(HERE / "templates"))
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    if allowed_hosts:
+        # Bound to loopback, only loopback names are valid Host headers: stops DNS-rebinding pages.
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
+    upsert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+
+    @app.middleware("http")
+    async def _headers(request: Request, call_next):
+        response = await call_next(request)
+        response.headers["Content-Security-Policy"] = (
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+            "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
+        )
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Referrer-Policy"] = "no-referrer"
+        if not request.url.path.startswith("/static/"):
+            response.headers["Cache-Control"] = "no-store"  # report text must not linger in caches
+        return response
+
+    @app.exception_handler(LoginRequired)
+    async def _login(request: Request, _exc: LoginRequired):
+        path = request.url.path
+        if path.startswith("/api/"):
+            # The page script keeps the draft in localStorage and sends the reader to this URL.
+            page = request.headers.get("X-Page", "/")
+            return JSONResponse({"error": {"code": "login_required", "login": f"/login?next={quote(_safe_next(page))}"}},
+                                status_code=401)
+        return RedirectResponse(f"/login?next={quote(path)}", status_code=303)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": {"code": exc.status_code, "message": exc.detail}},
+                                status_code=exc.status_code)
+        return templates.TemplateResponse(request, "message.html", {"title": f"Error {exc.status_code}",
+                                          "message": exc.detail, "user": None}, status_code=exc.status_code)
+
+    # --- helpers -------------------------------------------------------------------------------------
+    def current(request: Request, s) -> tuple[User, object]:
+        found = auth.session_user(s, request.cookies.get(COOKIE))
+        if found is None:
+            raise LoginRequired()
+        return found
+
+    def check_csrf(sess, given: str | None) -> None:
+        if not given or not secrets.compare_digest(given, sess.csrf):
+            raise HTTPException(403, "missing or wrong CSRF token; reload the page")
+
+    def admin(request: Request, s):
+        user, sess = current(request, s)
+        if user.role != "admin":
+            raise HTTPException(403, "admins only")
+        return user, sess
+
+    def page(request: Request, name: str, ctx: dict, status: int = 200) -> HTMLResponse:
+        return templates.TemplateResponse(request, name, ctx, status_code=status)
+
+    def complete_assignments(s, reader_id: int, pairwise: bool) -> dict[int, bool]:
+        """assignment id -> all its candidates fully rated."""
+        done: dict[int, bool] = {}
+        q = (
+            select(Slot.assignment_id, Rating)
+            .join(Assignment, Assignment.id == Slot.assignment_id)
+            .outerjoin(Rating, Rating.slot_id == Slot.id)
+            .where(Assignment.reader_id == reader_id)
+        )
+        for a_id, r in s.execute(q):
+            ok = r is not None and all(getattr(r, c) is not None for c in NAMES)
+            if ok and pairwise:
+                ok = r.preference is not None
+            done[a_id] = done.get(a_id, True) and ok
+        return done
+
+    def progress(s, reader_id: int, pairwise: bool) -> dict:
+        done = complete_assignments(s, reader_id, pairwise)
+        return {"done": sum(done.values()), "total": len(done)}
+
+    def owned_assignment(s, user: User, token: str) -> Assignment:
+        a = s.scalar(select(Assignment).where(Assignment.token == token))
+        if a is None:
+            raise HTTPException(404, "no such item")
+        if a.reader_id != user.id:
+            raise HTTPException(403, "this item belongs to another reader")
+        return a
+
+    def item_view(s, user: User, a: Assignment, study: Study) -> dict:
+        """Everything a reader's page or API shows for one case — deliberately no ids, codes or names."""
+        case = s.get(Case, a.case_id)
+        rows = s.execute(
+            select(Slot.token, Slot.position, Candidate.text, Rating)
+            .join(Candidate, Candidate.id == Slot.candidate_id)
+            .outerjoin(Rating, Rating.slot_id == Slot.id)
+            .where(Slot.assignment_id == a.id)
+            .order_by(Slot.position)
+        ).all()
+        total = s.scalar(select(func.count(Assignment.id)).where(Assignment.reader_id == user.id))
+        neighbours = dict(s.execute(
+            select(Assignment.position, Assignment.token).where(
+                Assignment.reader_id == user.id, Assignment.position.in_([a.position - 1, a.position + 1]))
+        ).all())
+        candidates = []
+        for token, pos, text, r in rows:
+            rating = {c: (getattr(r, c) if r else None) for c in NAMES}
+            rating.update({"comment": r.comment if r else "", "preference": r.preference if r else None})
+            candidates.append({"slot": token, "label": f"Candidate {pos + 1}", "text": text, "rating": rating})
+        return {
+            "item": a.token, "number": a.position + 1, "total": total,
+            "findings": case.findings, "reference": case.reference if study.pairwise else None,
+            "candidates": candidates,
+            "prev": neighbours.get(a.position - 1), "next": neighbours.get(a.position + 1),
+            "progress": progress(s, user.id, study.pairwise),
+        }
+
+    # --- public --------------------------------------------------------------------------------------
+    @app.get("/health")
+    def health():
+        return {"status": "ok"}
+
+    @app.get("/login", response_class=HTMLResponse)
+    def login_form(request: Request, next: str = "/", failed: int = 0):
+        token = secrets.token_urlsafe(32)
+        resp = page(request, "login.html", {"csrf": token, "next": _safe_next(next), "failed": failed,
+                                            "user": None})
+        resp.set_cookie(LOGIN_CSRF_COOKIE, token, httponly=True, samesite="strict", secure=secure_cookies,
+                        max_age=3600)
+        return resp
+
+    @app.post("/login")
+    def login(request: Request, username: str = Form(...), password: str = Form(...), csrf: str = Form(""),
+              next: str = Form("/")):
+        cookie = request.cookies.get(LOGIN_CSRF_COOKIE, "")
+        if not cookie or not secrets.compare_digest(cookie, csrf):
+            raise HTTPException(403, "the login form expired; reload the page")
+        with Session() as s:
+            user = auth.authenticate(s, username, password)
+            if user is None:
+                return RedirectResponse(f"/login?failed=1&next={quote(_safe_next(next))}", status_code=303)
+            token, _ = auth.start_session(s, user, session_hours)
+            s.commit()
+        resp = RedirectResponse(_safe_next(next), status_code=303)
+        resp.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=secure_cookies,
+                        max_age=int(session_hours * 3600))
+        resp.delete_cookie(LOGIN_CSRF_COOKIE)
+        return resp
+
+    @app.post("/logout")
+    def logout(request: Request, csrf: str = Form("")):
+        with Session() as s:
+            _user, sess = current(request, s)
+            check_csrf(sess, csrf)
+            auth.end_session(s, request.cookies.get(COOKIE))
+            s.commit()
+        resp = RedirectResponse("/login", status_code=303)
+        resp.delete_cookie(COOKIE)
+        return resp
+
+    @app.get("/")
+    def home(request: Request):
+        with Session() as s:
+            user, _ = current(request, s)
+        return RedirectResponse("/admin" if user.role == "admin" else "/read", status_code=303)
+
+    # --- reader --------------------------------------------------------------------------------------
+    @app.get("/read", response_class=HTMLResponse)
+    def read(request: Request):
+        with Session() as s:
+            user, sess = current(request, s)
+            study = s.scalar(select(Study))
+            if study is None:
+                return page(request, "message.html", {"title": "No study yet", "user": user, "csrf": sess.csrf,
+                            "message": "The administrator has not created the study yet."})
+            done = complete_assignments(s, user.id, study.pairwise)
+            items = s.execute(select(Assignment.id, Assignment.token, Assignment.position)
+                              .where(Assignment.reader_id == user.id).order_by(Assignment.position)).all()
+            todo = [tok for a_id, tok, _ in items if not done.get(a_id)]
+            if todo and request.query_params.get("list") is None:
+                return RedirectResponse(f"/item/{todo[0]}", status_code=303)  # resume where they left
+            return page(request, "read.html", {"user": user, "csrf": sess.csrf,
+                        "items": [(pos + 1, tok, done.get(a_id, False)) for a_id, tok, pos in items],
+                        "done": sum(done.values()), "total": len(items)})
+
+    @app.get("/item/{token}", response_class=HTMLResponse)
+    def item_page(request: Request, token: str):
+        with Session() as s:
+            user, sess = current(request, s)
+            a = owned_assignment(s, user, token)
+            study = s.scalar(select(Study))
+            view = item_view(s, user, a, study)
+        return page(request, "item.html", {"user": user, "csrf": sess.csrf, "v": view, "criteria": CRITERIA,
+                                           "scale": SCALE, "preferences": PREFERENCES})
+
+    @app.get("/api/items/{token}")
+    def item_api(request: Request, token: str):
+        with Session() as s:
+            user, _ = current(request, s)
+            a = owned_assignment(s, user, token)
+            return item_view(s, user, a, s.scalar(select(Study)))
+
+    @app.put("/api/ratings/{slot_token}")
+    def save_rating(request: Request, slot_token: str, body: RatingIn):
+        with Session() as s:
+            user, sess = current(request, s)
+            check_csrf(sess, request.headers.get("X-CSRF-Token"))
+            row = s.execute(
+                select(Slot.id, Assignment.reader_id, Candidate.system_id)
+                .join(Assignment, Assignment.id == Slot.assignment_id)
+                .join(Candidate, Candidate.id == Slot.candidate_id)
+                .where(Slot.token == slot_token)
+            ).first()
+            if row is None:
+                raise HTTPException(404, "no such candidate")
+            slot_id, reader_id, _ = row
+            if reader_id != user.id:
+                raise HTTPException(403, "this item belongs to another reader")
+            pairwise = bool(s.scalar(select(Study.pairwise)))
+            if body.preference is not None and (not pairwise or body.preference not in PREFERENCES):
+                raise HTTPException(422, f"preference must be one of {list(PREFERENCES)} in a pairwise study")
+            values = body.model_dump()
+            values.update(slot_id=slot_id, reader_id=user.id, updated_at=time.time())
+            # One statement, one transaction: the unique slot makes a resend an update, never a duplicate.
+            stmt = upsert(Rating).values(**values)
+            stmt = stmt.on_conflict_do_update(index_elements=[Rating.slot_id],
+                                              set_={k: stmt.excluded[k] for k in values if k != "slot_id"})
+            s.execute(stmt)
+            s.commit()
+            return {"saved": True, "progress": progress(s, user.id, pairwise)}
+
+    # --- admin ---------------------------------------------------------------------------------------
+    @app.get("/admin", response_class=HTMLResponse)
+    def admin_home(request: Request, new_user: str | None = None):
+        with Session() as s:
+            user, sess = admin(request, s)
+            study = s.scalar(select(Study))
+            if study is None:
+                return RedirectResponse("/admin/create", status_code=303)
+            readers = []
+            for r in s.scalars(select(User).where(User.role == "reader").order_by(User.username)):
+                p = progress(s, r.id, study.pairwise)
+                last = s.scalar(select(func.max(Rating.updated_at)).where(Rating.reader_id == r.id))
+                readers.append({"name": r.username, **p,
+                                "last": time.strftime("%Y-%m-%d %H:%M", time.localtime(last)) if last else "-"})
+            counts = dict(s.execute(select(Case.stratum, func.count()).group_by(Case.stratum)).all())
+            n_systems = s.scalar(select(func.count(System.id)))
+        return page(request, "admin.html", {"user": user, "csrf": sess.csrf, "study": study, "readers": readers,
+                                            "counts": counts, "n_systems": n_systems})
+
+    @app.get("/admin/create", response_class=HTMLResponse)
+    def create_form(request: Request):
+        with Session() as s:
+            user, sess = admin(request, s)
+            if s.scalar(select(Study.id)) is not None:
+                return RedirectResponse("/admin", status_code=303)
+        return page(request, "create.html", {"user": user, "csrf": sess.csrf, "error": None})
+
+    @app.post("/admin/create", response_class=HTMLResponse)
+    def create(request: Request, csrf: str = Form(""), name: str = Form("Reader study"),
+               references: UploadFile = File(...), predictions: list[UploadFile] = File(...),
+               model_names: str = Form(""), n_cases: str = Form(""), selection: str = Form("random"),
+               seed: int = Form(0), include_reference: bool = Form(False), pairwise: bool = Form(False),
+               intersect: bool = Form(False)):
+        with Session() as s:
+            user, sess = admin(request, s)
+            check_csrf(sess, csrf)
+        names = [n.strip() for n in model_names.split(",") if n.strip()]
+        try:
+            if names and len(names) != len(predictions):
+                raise FatalError(f"{len(names)} model names for {len(predictions)} prediction files")
+            preds = []
+            for i, f in enumerate(predictions):
+                fname = Path(f.filename or f"predictions{i + 1}.jsonl").name
+                preds.append((names[i] if names else Path(fname).stem, fname, f.file.read().decode("utf-8")))
+            ref = (Path(references.filename or "references.jsonl").name, references.file.read().decode("utf-8"))
+            create_study(Session, ref, preds, fields=Fields(), n_cases=int(n_cases) if n_cases.strip() else None,
+                         selection=selection, seed=seed, include_reference=include_reference, pairwise=pairwise,
+                         intersect=intersect, name=name)
+        except (FatalError, UnicodeDecodeError, ValueError) as e:
+            return page(request, "create.html", {"user": user, "csrf": sess.csrf, "error": str(e)}, status=400)
+        assign_all_readers(Session)
+        return RedirectResponse("/admin", status_code=303)
+
+    @app.post("/admin/readers", response_class=HTMLResponse)
+    def invite(request: Request, csrf: str = Form(""), username: str = Form(...)):
+        with Session() as s:
+            user, sess = admin(request, s)
+            check_csrf(sess, csrf)
+            try:
+                _reader, password = auth.add_user(s, username.strip(), None, "reader")
+            except FatalError as e:
+                raise HTTPException(400, str(e)) from None
+            s.commit()
+        # Shown once to the admin, to hand to the reader in person; never stored in clear or logged.
+        return page(request, "invited.html", {"user": user, "csrf": sess.csrf, "username": username.strip(),
+                                              "password": password})
+
+    @app.get("/admin/key", response_class=HTMLResponse)
+    def key(request: Request):
+        with Session() as s:
+            user, sess = admin(request, s)
+            systems = s.scalars(select(System).order_by(System.code)).all()
+        return page(request, "key.html", {"user": user, "csrf": sess.csrf, "systems": systems})
+
+    @app.get("/admin/export/ratings.csv")
+    def export(request: Request, blinded: bool = False):
+        with Session() as s:
+            admin(request, s)
+            text = to_csv(rating_rows(s, blinded=blinded))
+        return PlainTextResponse(text, media_type="text/csv",
+                                 headers={"Content-Disposition": 'attachment; filename="ratings.csv"'})
+
+    @app.get("/favicon.ico")
+    def favicon():
+        return Response(status_code=204)
+
+    return app

@@ -1,0 +1,301 @@
+"""Build a study: read references and N prediction files, pick cases, blind models, plan each reader's order.
+
+Input formats (JSON Lines, one record per line; field names can be overridden):
+  references   radgpt records  {"id", "findings", "impression"}
+               or clin-summ    {"idx", "inputs", "target"}          (detected from the first record)
+  predictions  {"id", "impression"}  ("idx" / "prediction" also accepted)
+
+Randomness has two sources, on purpose: *which* cases, the blinding codes and every reader's case and
+candidate order follow the study seed (reproducible, auditable); the tokens in URLs come from `secrets`
+(unguessable, so a reader cannot reach another reader's items by editing a URL).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from radgpt.errors import FatalError
+from radgpt.study.models import Assignment, Candidate, Case, Slot, Study, System, User
+
+REFERENCE_NAME = "reference"
+
+
+@dataclass
+class Fields:
+    """Field names in the input files; None = detect from the first record."""
+
+    ref_id: str | None = None
+    ref_findings: str | None = None
+    ref_impression: str | None = None
+    pred_id: str | None = None
+    pred_impression: str | None = None
+    stratum: str | None = None  # a reference field holding "normal"/"abnormal" (or 0/1 abnormal); else guessed
+
+
+def read_jsonl(name: str, text: str) -> list[dict]:
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise FatalError(f"{name}:{n}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise FatalError(f"{name}:{n}: each line must be a JSON object")
+        rows.append(row)
+    if not rows:
+        raise FatalError(f"{name}: no records")
+    return rows
+
+
+def _pick(name: str, row: dict, given: str | None, options: tuple[str, ...], what: str) -> str:
+    if given:
+        if given not in row:
+            raise FatalError(f"{name}: field '{given}' ({what}) not in the first record (has {sorted(row)})")
+        return given
+    for option in options:
+        if option in row:
+            return option
+    raise FatalError(
+        f"{name}: cannot find the {what} field (tried {', '.join(options)}; record has {sorted(row)}); "
+        f"name it with the matching --*-field option"
+    )
+
+
+# A whole impression that only says "nothing acute" (the ~40% OpenI boilerplate), after numbering and
+# punctuation are stripped. Anything else counts as abnormal; `Fields.stratum` overrides the guess.
+_NORMAL = re.compile(
+    r"^(there is )?(no|negative for)( evidence of)?( (acute|active))?( or active)?"
+    r"( (radiographic|cardiopulmonary|pulmonary|cardiac|intrathoracic|chest|osseous|preoperative))*"
+    r"( (disease|abnormality|abnormalities|process|findings?|diseases?)).*$"
+    r"|^(normal|negative) chest( (x-?ray|radiograph|xxxx|exam))?$"
+    r"|^(clear lungs|lungs are clear|normal( study| exam)?)$"
+)
+
+
+def guess_stratum(impression: str) -> str:
+    text = re.sub(r"\b\d+\.\s*", " ", impression.lower())
+    text = re.sub(r"[.\s]+$", "", re.sub(r"\s+", " ", text)).strip()
+    sentences = [s.strip() for s in re.split(r"\.\s+", text) if s.strip()]
+    if len(sentences) == 1 and _NORMAL.match(sentences[0]) and "otherwise" not in text:
+        return "normal"
+    return "abnormal"
+
+
+def _stratum_value(name: str, value) -> str:
+    v = str(value).strip().lower()
+    if v in ("normal", "0", "false", "no"):
+        return "normal"
+    if v in ("abnormal", "1", "true", "yes"):
+        return "abnormal"
+    raise FatalError(f"{name}: stratum value {value!r} is not normal/abnormal (or 0/1)")
+
+
+def load_references(name: str, text: str, fields: Fields) -> dict[str, dict]:
+    rows = read_jsonl(name, text)
+    first = rows[0]
+    fid = _pick(name, first, fields.ref_id, ("id", "idx"), "case id")
+    ffind = _pick(name, first, fields.ref_findings, ("findings", "inputs"), "findings")
+    fimp = _pick(name, first, fields.ref_impression, ("impression", "target"), "reference impression")
+    out: dict[str, dict] = {}
+    for n, row in enumerate(rows, 1):
+        missing = [f for f in (fid, ffind, fimp) if f not in row]
+        if missing:
+            raise FatalError(f"{name}: record {n} lacks {', '.join(missing)}")
+        key = str(row[fid])
+        if key in out:
+            raise FatalError(f"{name}: case id {key} appears twice")
+        if fields.stratum:
+            if fields.stratum not in row:
+                raise FatalError(f"{name}: record {n} lacks the stratum field '{fields.stratum}'")
+            stratum = _stratum_value(name, row[fields.stratum])
+        else:
+            stratum = guess_stratum(str(row[fimp]))
+        out[key] = {"findings": str(row[ffind]), "reference": str(row[fimp]), "stratum": stratum}
+    return out
+
+
+def load_predictions(name: str, text: str, fields: Fields) -> dict[str, str]:
+    rows = read_jsonl(name, text)
+    fid = _pick(name, rows[0], fields.pred_id, ("id", "idx"), "case id")
+    fimp = _pick(name, rows[0], fields.pred_impression, ("impression", "prediction"), "predicted impression")
+    out: dict[str, str] = {}
+    for n, row in enumerate(rows, 1):
+        if fid not in row or fimp not in row:
+            raise FatalError(f"{name}: record {n} lacks '{fid}' or '{fimp}'")
+        key = str(row[fid])
+        if key in out:
+            raise FatalError(f"{name}: case id {key} appears twice")
+        out[key] = "" if row[fimp] is None else str(row[fimp])
+    return out
+
+
+def _examples(ids: set[str]) -> str:
+    shown = sorted(ids, key=lambda s: (len(s), s))[:3]
+    return ", ".join(shown) + (", ..." if len(ids) > 3 else "")
+
+
+def check_coverage(ref_name: str, refs: dict, preds: dict[str, tuple[str, dict]], intersect: bool) -> list[str]:
+    """The case ids every file shares. Unless `intersect`, any difference is an error naming the files."""
+    ref_ids = set(refs)
+    problems = []
+    common = set(ref_ids)
+    for _model, (file, pred) in preds.items():
+        ids = set(pred)
+        common &= ids
+        lacking, extra = ref_ids - ids, ids - ref_ids
+        if lacking:
+            problems.append(f"{file} lacks {len(lacking)} of the reference cases (e.g. {_examples(lacking)})")
+        if extra:
+            problems.append(f"{file} has {len(extra)} cases not in {ref_name} (e.g. {_examples(extra)})")
+    if problems and not intersect:
+        raise FatalError(
+            f"the files do not cover the same cases as {ref_name} ({len(ref_ids)} cases): "
+            + "; ".join(problems)
+            + ". Fix the files or pass --intersect to study only the cases all of them share."
+        )
+    if not common:
+        raise FatalError(f"no case id is shared by {ref_name} and every prediction file")
+    return sorted(common, key=lambda s: (len(s), s))
+
+
+def select_cases(strata: dict[str, str], n: int | None, method: str, seed: int) -> list[str]:
+    """Seeded choice of `n` case ids: uniformly, or half normal / half abnormal ('stratified')."""
+    ids = sorted(strata, key=lambda s: (len(s), s))
+    rng = random.Random(f"cases/{seed}")
+    if n is None or n >= len(ids):
+        if method == "stratified" and n is not None and n > len(ids):
+            raise FatalError(f"asked for {n} cases but only {len(ids)} are available")
+        return ids
+    if n < 1:
+        raise FatalError("--n-cases must be at least 1")
+    if method == "random":
+        return sorted(rng.sample(ids, n), key=ids.index)
+    if method != "stratified":
+        raise FatalError(f"unknown selection '{method}' (random or stratified)")
+    normal = [i for i in ids if strata[i] == "normal"]
+    abnormal = [i for i in ids if strata[i] == "abnormal"]
+    n_abn = min(len(abnormal), (n + 1) // 2)
+    n_norm = n - n_abn
+    if n_norm > len(normal):
+        n_norm, n_abn = len(normal), n - len(normal)
+    chosen = rng.sample(abnormal, n_abn) + rng.sample(normal, n_norm)
+    return sorted(chosen, key=ids.index)
+
+
+def blinding_codes(names: list[str], seed: int) -> dict[str, str]:
+    """name -> code. Codes are assigned after a seeded shuffle, so code order says nothing about input order."""
+    shuffled = sorted(names)
+    random.Random(f"codes/{seed}").shuffle(shuffled)
+    return {name: (f"SYS-{chr(65 + i)}" if i < 26 else f"SYS-{i + 1}") for i, name in enumerate(shuffled)}
+
+
+def reader_plan(seed: int, username: str, cases: dict[int, list[int]]) -> list[tuple[int, list[int]]]:
+    """One reader's order: cases shuffled, and the candidates within each case shuffled, from (seed, reader)."""
+    rng = random.Random(f"reader/{seed}/{username}")
+    case_ids = sorted(cases)
+    rng.shuffle(case_ids)
+    plan = []
+    for case_id in case_ids:
+        cands = sorted(cases[case_id])
+        rng.shuffle(cands)
+        plan.append((case_id, cands))
+    return plan
+
+
+def create_study(
+    Session: sessionmaker,
+    references: tuple[str, str],
+    predictions: list[tuple[str, str, str]],
+    *,
+    fields: Fields | None = None,
+    n_cases: int | None = None,
+    selection: str = "random",
+    seed: int = 0,
+    include_reference: bool = False,
+    pairwise: bool = False,
+    intersect: bool = False,
+    name: str = "Reader study",
+) -> dict:
+    """references = (file name, text); predictions = [(model name, file name, text)]. Returns a summary."""
+    fields = fields or Fields()
+    if not predictions:
+        raise FatalError("give at least one prediction file")
+    if include_reference and pairwise:
+        raise FatalError(
+            "--include-reference and --pairwise exclude each other: pairwise shows the reference labelled, "
+            "which would unblind it as a candidate"
+        )
+    ref_name, ref_text = references
+    refs = load_references(ref_name, ref_text, fields)
+    preds: dict[str, tuple[str, dict]] = {}
+    for model, file, text in predictions:
+        if model == REFERENCE_NAME:
+            raise FatalError(f"'{REFERENCE_NAME}' is reserved for the reference impressions; rename {file}")
+        if model in preds:
+            raise FatalError(f"two prediction files are named '{model}' ({preds[model][0]}, {file}); use NAME=PATH")
+        preds[model] = (file, load_predictions(file, text, fields))
+    common = check_coverage(ref_name, refs, preds, intersect)
+    chosen = select_cases({i: refs[i]["stratum"] for i in common}, n_cases, selection, seed)
+
+    with Session.begin() as s:
+        if s.scalar(select(Study.id)) is not None:
+            raise FatalError("this database already holds a study; use a new --db")
+        s.add(Study(name=name, seed=seed, include_reference=include_reference, pairwise=pairwise,
+                    selection=f"{selection}:{len(chosen)}"))
+        names = list(preds) + ([REFERENCE_NAME] if include_reference else [])
+        codes = blinding_codes(names, seed)
+        systems = {}
+        for model in names:
+            source = preds[model][0] if model in preds else ref_name
+            systems[model] = System(code=codes[model], name=model, is_reference=model == REFERENCE_NAME,
+                                    source=Path(source).name)
+            s.add(systems[model])
+        s.flush()
+        for case_key in chosen:
+            r = refs[case_key]
+            case = Case(source_id=case_key, findings=r["findings"], reference=r["reference"], stratum=r["stratum"])
+            s.add(case)
+            s.flush()
+            for model in names:
+                text = r["reference"] if model == REFERENCE_NAME else preds[model][1][case_key]
+                s.add(Candidate(case_id=case.id, system_id=systems[model].id, text=text))
+        strata = [refs[i]["stratum"] for i in chosen]
+    return {"cases": len(chosen), "normal": strata.count("normal"), "abnormal": strata.count("abnormal"),
+            "systems": {codes[m]: m for m in names}}
+
+
+def assign_reader(s: Session, user: User) -> int:
+    """Create the reader's worklist (idempotent: a reader who has one keeps it). Returns its length."""
+    study = s.scalar(select(Study))
+    if study is None:
+        return 0
+    if s.scalar(select(Assignment.id).where(Assignment.reader_id == user.id).limit(1)) is not None:
+        return 0
+    cases: dict[int, list[int]] = {}
+    for cand_id, case_id in s.execute(select(Candidate.id, Candidate.case_id)):
+        cases.setdefault(case_id, []).append(cand_id)
+    plan = reader_plan(study.seed, user.username, cases)
+    for pos, (case_id, cands) in enumerate(plan):
+        a = Assignment(token=secrets.token_urlsafe(12), reader_id=user.id, case_id=case_id, position=pos)
+        s.add(a)
+        s.flush()
+        s.add_all(Slot(token=secrets.token_urlsafe(12), assignment_id=a.id, candidate_id=c, position=i)
+                  for i, c in enumerate(cands))
+    return len(plan)
+
+
+def assign_all_readers(Session: sessionmaker) -> None:
+    """Readers invited before the study existed get their worklists now."""
+    with Session.begin() as s:
+        for user in s.scalars(select(User).where(User.role == "reader")):
+            assign_reader(s, user)
