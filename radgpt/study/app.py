@@ -172,13 +172,15 @@ def create_app(db: str, session_hours: float = 12.0, allowed_hosts: list[str] | 
             rating = {c: (getattr(r, c) if r else None) for c in NAMES}
             rating.update({"comment": r.comment if r else "", "preference": r.preference if r else None})
             candidates.append({"slot": token, "label": f"Candidate {pos + 1}", "text": text, "rating": rating})
-        return {
-            "item": a.token, "number": a.position + 1, "total": total,
-            "findings": case.findings, "reference": case.reference if study.pairwise else None,
+        view = {
+            "item": a.token, "number": a.position + 1, "total": total, "findings": case.findings,
             "candidates": candidates,
             "prev": neighbours.get(a.position - 1), "next": neighbours.get(a.position + 1),
             "progress": progress(s, user.id, study.pairwise),
         }
+        if study.pairwise:  # shown labelled only in pairwise studies, where it is never a candidate
+            view["reference"] = case.reference
+        return view
 
     # --- public --------------------------------------------------------------------------------------
     @app.get("/health")

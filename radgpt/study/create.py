@@ -77,8 +77,9 @@ _NORMAL = re.compile(
     r"^(there is )?(no|negative for)( evidence of)?( (acute|active))?( or active)?"
     r"( (radiographic|cardiopulmonary|pulmonary|cardiac|intrathoracic|chest|osseous|preoperative))*"
     r"( (disease|abnormality|abnormalities|process|findings?|diseases?)).*$"
-    r"|^(normal|negative) chest( (x-?ray|radiograph|xxxx|exam))?$"
+    r"|^(normal|negative) chest( (x-?ray|x-?xxxx|radiographs?|xxxx|exam))?$"
     r"|^(clear lungs|lungs are clear|normal( study| exam)?)$"
+    r"|^unremarkable( (radiographs?|study|exam|examination|chest))*( of the chest)?$"
 )
 
 

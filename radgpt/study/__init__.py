@@ -1,0 +1,1 @@
+"""Reader study: blinded, randomised, multi-reader rating of generated impressions, and its statistics."""

@@ -1,0 +1,185 @@
+"""`radgpt study create|add-user|serve|analyze` — the reader study, from prediction files to a report.
+
+  radgpt study create --db study.db --references refs.jsonl --predictions lora=a.jsonl tfidf=b.jsonl \
+      --n-cases 50 --select stratified --seed 0
+  radgpt study add-reader alice --db study.db          # prints a generated password, once
+  radgpt study serve --db study.db                      # http://127.0.0.1:8765
+  radgpt study analyze --db study.db --out report/      # report.html, CSVs, scores.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import os
+import sys
+from pathlib import Path
+
+from radgpt.errors import FatalError
+
+ADMIN_PASSWORD_ENV = "RADGPT_STUDY_ADMIN_PASSWORD"
+LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="study_cmd", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("create", help="create a study from references and prediction files")
+    p.add_argument("--db", required=True, help="SQLite file path, or an SQLAlchemy URL (postgresql+psycopg://...)")
+    p.add_argument("--references", required=True, type=Path,
+                   help='JSONL with {"id","findings","impression"} or clin-summ {"idx","inputs","target"}')
+    p.add_argument("--predictions", required=True, nargs="+", metavar="[NAME=]PATH",
+                   help='one JSONL per model with {"id","impression"}; NAME defaults to the file stem')
+    p.add_argument("--n-cases", type=int, default=None, help="cases to rate (default: all shared cases)")
+    p.add_argument("--select", choices=["random", "stratified"], default="random",
+                   help="stratified = half abnormal, half normal reference impressions")
+    p.add_argument("--seed", type=int, default=0, help="drives case choice, blinding codes and reader orders")
+    p.add_argument("--include-reference", action="store_true", help="add the reference as a blinded candidate")
+    p.add_argument("--pairwise", action="store_true", help="show the reference and ask a preference per candidate")
+    p.add_argument("--intersect", action="store_true", help="use only the cases every file covers")
+    p.add_argument("--name", default="Reader study")
+    p.add_argument("--admin", default="admin", help="admin account to create if the database has none")
+    p.add_argument("--admin-password-file", type=Path,
+                   help=f"file with the admin password ('-' = stdin); else ${ADMIN_PASSWORD_ENV}; else generated")
+    for flag, what in [("--ref-id-field", "case id in references"), ("--ref-findings-field", "findings"),
+                       ("--ref-impression-field", "reference impression"), ("--pred-id-field", "case id in predictions"),
+                       ("--pred-impression-field", "predicted impression"),
+                       ("--stratum-field", "reference field with normal/abnormal (default: guessed from the impression)")]:
+        p.add_argument(flag, default=None, help=what)
+
+    p = sub.add_parser("add-user", aliases=["add-reader"], help="create a reader (or admin) account")
+    p.add_argument("username")
+    p.add_argument("--db", required=True)
+    p.add_argument("--role", choices=["reader", "admin"], default="reader")
+    p.add_argument("--password-file", type=Path, help="file with the password ('-' = stdin); default: generated")
+
+    p = sub.add_parser("serve", help="serve the study web app (loopback only unless --allow-remote)")
+    p.add_argument("--db", required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--allow-remote", action="store_true",
+                   help="permit a non-loopback --host (put TLS in front and use --secure-cookies)")
+    p.add_argument("--secure-cookies", action="store_true", help="mark cookies Secure (only behind HTTPS)")
+    p.add_argument("--session-hours", type=float, default=12.0)
+
+    p = sub.add_parser("analyze", help="statistics, agreement, figure, CSV and HTML report")
+    p.add_argument("--db", required=True)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--blinded", action="store_true", help="report model codes, not names")
+
+
+def _read_secret(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    if str(path) == "-":
+        return sys.stdin.readline().rstrip("\n")
+    if not path.is_file():
+        raise FatalError(f"{path}: password file not found")
+    return path.read_text(encoding="utf-8").strip()
+
+
+def _read(path: Path) -> str:
+    if not path.is_file():
+        raise FatalError(f"{path}: file not found")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise FatalError(f"{path}: not UTF-8 text") from None
+
+
+def _existing_db(db: str) -> str:
+    if "://" not in db and not Path(db).is_file():
+        raise FatalError(f"{db}: no such study database (create it with `radgpt study create`)")
+    return db
+
+
+def _create(args) -> int:
+    from sqlalchemy import select
+
+    from radgpt.study import auth
+    from radgpt.study.create import Fields, create_study
+    from radgpt.study.models import User, open_db
+
+    preds = []
+    for spec in args.predictions:
+        name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+        path = Path(path)
+        preds.append((name or path.stem, str(path), _read(path)))
+    fields = Fields(args.ref_id_field, args.ref_findings_field, args.ref_impression_field, args.pred_id_field,
+                    args.pred_impression_field, args.stratum_field)
+    engine, Session = open_db(args.db, create=True)
+    summary = create_study(Session, (str(args.references), _read(args.references)), preds, fields=fields,
+                           n_cases=args.n_cases, selection=args.select, seed=args.seed,
+                           include_reference=args.include_reference, pairwise=args.pairwise,
+                           intersect=args.intersect, name=args.name)
+    print(f"study: {summary['cases']} cases ({summary['abnormal']} abnormal, {summary['normal']} normal), "
+          f"{len(summary['systems'])} blinded candidates per case")
+    with Session.begin() as s:
+        if s.scalar(select(User.id).where(User.role == "admin")) is None:
+            given = _read_secret(args.admin_password_file) or os.environ.get(ADMIN_PASSWORD_ENV)
+            _user, password = auth.add_user(s, args.admin, given, "admin")
+            print(f"admin account '{args.admin}' created" + ("" if given else f"; password: {password}"))
+    engine.dispose()
+    return 0
+
+
+def _add_user(args) -> int:
+    from radgpt.study import auth
+    from radgpt.study.models import open_db
+
+    engine, Session = open_db(args.db, create=True)
+    given = _read_secret(args.password_file)
+    with Session.begin() as s:
+        _user, password = auth.add_user(s, args.username, given, args.role)
+    engine.dispose()
+    print(f"{args.role} '{args.username}' created" + ("" if given else f"; password: {password}"))
+    return 0
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _serve(args) -> int:
+    import uvicorn
+    from sqlalchemy import select
+
+    from radgpt.study.app import create_app
+    from radgpt.study.models import User, open_db
+
+    loopback = _is_loopback(args.host)
+    if not loopback and not args.allow_remote:
+        raise FatalError(f"refusing to bind {args.host}: the study holds report text; it serves loopback only "
+                         f"unless you pass --allow-remote (and put TLS in front)")
+    db = _existing_db(args.db)
+    engine, Session = open_db(db, create=True)
+    with Session() as s:
+        if s.scalar(select(User.id).where(User.role == "admin")) is None:
+            raise FatalError(f"{db}: no admin account; run `radgpt study add-user NAME --role admin --db {db}`")
+    engine.dispose()
+    app = create_app(db, session_hours=args.session_hours, secure_cookies=args.secure_cookies,
+                     allowed_hosts=LOOPBACK_NAMES if loopback else None)
+    print(f"reader study on http://{args.host}:{args.port}", flush=True)
+    # access_log off: paths carry only random tokens, but a study log has no need for them.
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
+def _analyze(args) -> int:
+    from radgpt.study.analyze import analyze_db
+
+    files = analyze_db(_existing_db(args.db), args.out, blinded=args.blinded)
+    for what, path in files.items():
+        print(f"{what:12s} {path}")
+    return 0
+
+
+def run(args) -> int:
+    cmd = {"create": _create, "add-user": _add_user, "add-reader": _add_user, "serve": _serve,
+           "analyze": _analyze}[args.study_cmd]
+    return cmd(args)

@@ -1,0 +1,74 @@
+"""A synthetic study (invented report text, no patient data) for tests, the load benchmark and trying the app.
+
+    python -m radgpt.study.synthetic OUT_DIR      # writes references.jsonl + one predictions file per model
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+from radgpt.study import auth
+from radgpt.study.create import create_study
+from radgpt.study.models import open_db
+
+_NORMAL_FINDINGS = [
+    "Heart size is normal. The lungs are clear. No pleural effusion or pneumothorax.",
+    "Normal cardiomediastinal silhouette. No focal consolidation. No effusion.",
+    "The heart and mediastinum are within normal limits. Lungs are clear bilaterally.",
+]
+_ABNORMAL = [
+    ("Right lower lobe airspace opacity. Heart size normal.", "Right lower lobe pneumonia."),
+    ("Enlarged cardiac silhouette. Small bilateral effusions.", "Cardiomegaly with small bilateral effusions."),
+    ("Left apical pneumothorax, approximately 2 cm.", "Small left apical pneumothorax."),
+    ("Hyperinflated lungs with flattened diaphragms.", "Emphysema without acute process."),
+]
+NORMAL_IMPRESSION = "No acute cardiopulmonary abnormality."
+
+
+def write_files(out: Path, n_cases: int = 12, models: tuple[str, ...] = ("alpha", "beta", "gamma"),
+                seed: int = 0) -> tuple[Path, list[tuple[str, Path]]]:
+    """references.jsonl ({"id","findings","impression"}) and <model>.jsonl ({"id","impression"})."""
+    rng = random.Random(seed)
+    out.mkdir(parents=True, exist_ok=True)
+    refs = []
+    for i in range(n_cases):
+        if i % 2:
+            findings, impression = rng.choice(_ABNORMAL)
+        else:
+            findings, impression = rng.choice(_NORMAL_FINDINGS), NORMAL_IMPRESSION
+        refs.append({"id": f"case{i:03d}", "findings": findings, "impression": impression})
+    ref_path = out / "references.jsonl"
+    ref_path.write_text("".join(json.dumps(r) + "\n" for r in refs), encoding="utf-8")
+    preds = []
+    for k, model in enumerate(models):
+        path = out / f"{model}.jsonl"
+        lines = []
+        for r in refs:
+            # Each model writes a recognisably different text, so a test can tell if one leaks.
+            text = r["impression"] if k == 0 else (r["findings"] if k == 1 else f"{r['impression']} Clinical correlation.")
+            lines.append(json.dumps({"id": r["id"], "impression": text}) + "\n")
+        path.write_text("".join(lines), encoding="utf-8")
+        preds.append((model, path))
+    return ref_path, preds
+
+
+def make_study(db: str, workdir: Path, readers: list[str], password: str, admin: str = "admin",
+               n_cases: int = 12, models: tuple[str, ...] = ("alpha", "beta", "gamma"), **create_kwargs) -> dict:
+    ref, preds = write_files(workdir, n_cases=n_cases, models=models)
+    engine, Session = open_db(db, create=True)
+    summary = create_study(Session, (ref.name, ref.read_text()),
+                           [(m, p.name, p.read_text()) for m, p in preds], **create_kwargs)
+    with Session.begin() as s:
+        auth.add_user(s, admin, password, "admin")
+        for r in readers:
+            auth.add_user(s, r, password, "reader")
+    engine.dispose()
+    return summary
+
+
+if __name__ == "__main__":
+    ref, preds = write_files(Path(sys.argv[1]))
+    print(ref, *(p for _, p in preds))

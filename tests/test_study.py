@@ -1,0 +1,313 @@
+"""Reader study: creation, blinding/randomisation, roles, CSRF, rating validation, sessions (in-process)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select, update
+
+from radgpt.cli import main
+from radgpt.errors import FatalError
+from radgpt.study.app import create_app
+from radgpt.study.create import Fields, blinding_codes, create_study, reader_plan, select_cases
+from radgpt.study.models import AuthSession, Rating, System, open_db
+from radgpt.study.synthetic import make_study, write_files
+
+PW = "correct-horse-battery"
+MODELS = ("alpha", "beta", "gamma")
+FULL = {"understandability": 4, "coherence": 5, "relevance": 3, "conciseness": 2, "clinical_utility": 4}
+
+
+def login(client: TestClient, user: str, password: str = PW) -> str:
+    """Sign in through the real form (double-submit CSRF) and return the session's CSRF token."""
+    page = client.get("/login")
+    token = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+    r = client.post("/login", data={"username": user, "password": password, "csrf": token, "next": "/"},
+                    follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/", r.text
+    return csrf_of(client)
+
+
+def csrf_of(client: TestClient) -> str:
+    # every signed-in page carries it; /read?list exists for readers and admins alike
+    return re.search(r'name="csrf-token" content="([^"]+)"', client.get("/read?list").text).group(1)
+
+
+def item_tokens(client: TestClient) -> list[str]:
+    return re.findall(r'href="/item/([^"]+)"', client.get("/read?list").text)
+
+
+@pytest.fixture
+def study(tmp_path):
+    db = str(tmp_path / "study.db")
+    summary = make_study(db, tmp_path / "files", readers=["alice", "bob"], password=PW, seed=7,
+                         include_reference=True, n_cases=6)
+    return db, summary
+
+
+@pytest.fixture
+def client(study):
+    db, _ = study
+    with TestClient(create_app(db)) as c:
+        yield c
+
+
+def put(client, slot, body, csrf):
+    return client.put(f"/api/ratings/{slot}", json=body, headers={"X-CSRF-Token": csrf})
+
+
+# --- creation and randomisation ---------------------------------------------------------------------
+
+def test_reader_plan_is_reproducible_and_per_reader():
+    cases = {c: [10 * c + k for k in range(4)] for c in range(30)}
+    a1, a2 = reader_plan(3, "alice", cases), reader_plan(3, "alice", cases)
+    assert a1 == a2
+    assert reader_plan(3, "bob", cases) != a1
+    assert reader_plan(4, "alice", cases) != a1
+    # every case once, every candidate of it once
+    assert sorted(c for c, _ in a1) == list(range(30))
+    assert all(sorted(cands) == cases[c] for c, cands in a1)
+    # candidate order really is shuffled (not always the input order)
+    assert any(cands != sorted(cands) for _, cands in a1)
+
+
+def test_blinding_codes_are_seeded():
+    names = [f"model{i}" for i in range(6)]
+    assert blinding_codes(names, 1) == blinding_codes(list(reversed(names)), 1)  # input order irrelevant
+    assert blinding_codes(names, 1) != blinding_codes(names, 2)
+    assert sorted(blinding_codes(names, 1).values()) == [f"SYS-{c}" for c in "ABCDEF"]
+
+
+def test_stratified_selection_balanced_and_seeded():
+    strata = {f"c{i}": ("normal" if i % 3 else "abnormal") for i in range(90)}
+    chosen = select_cases(strata, 20, "stratified", seed=5)
+    assert len(chosen) == 20 and len(set(chosen)) == 20
+    assert sum(strata[c] == "abnormal" for c in chosen) == 10
+    assert chosen == select_cases(strata, 20, "stratified", seed=5)
+    assert chosen != select_cases(strata, 20, "stratified", seed=6)
+    assert len(select_cases(strata, 20, "random", seed=5)) == 20
+
+
+def test_files_covering_different_cases_are_named(tmp_path):
+    ref, preds = write_files(tmp_path, n_cases=5)
+    lines = preds[1][1].read_text().splitlines()
+    preds[1][1].write_text("\n".join(lines[:3]) + "\n")  # beta lacks two cases
+    _, Session = open_db(str(tmp_path / "s.db"), create=True)
+    args = [(m, p.name, p.read_text()) for m, p in preds]
+    with pytest.raises(FatalError) as e:
+        create_study(Session, (ref.name, ref.read_text()), args)
+    msg = str(e.value)
+    assert "beta.jsonl lacks 2" in msg and "alpha.jsonl" not in msg and "--intersect" in msg
+    summary = create_study(Session, (ref.name, ref.read_text()), args, intersect=True)
+    assert summary["cases"] == 3
+
+
+def test_cli_create_reports_coverage_error(tmp_path, capsys):
+    ref, preds = write_files(tmp_path, n_cases=4)
+    extra = tmp_path / "extra.jsonl"
+    extra.write_text(preds[0][1].read_text() + json.dumps({"id": "zzz", "impression": "x"}) + "\n")
+    rc = main(["study", "create", "--db", str(tmp_path / "s.db"), "--references", str(ref),
+               "--predictions", f"one={preds[0][1]}", str(extra)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "extra.jsonl has 1 cases not in" in err and "zzz" in err
+    assert err.count("\n") == 1  # one clear line, no traceback
+
+
+def test_clin_summ_references_and_field_overrides(tmp_path):
+    refs = [{"idx": i, "inputs": f"findings {i}", "target": "No acute disease." if i % 2 else "Effusion."}
+            for i in range(4)]
+    preds = [{"case": i, "text": "t"} for i in range(4)]
+    _, Session = open_db(str(tmp_path / "s.db"), create=True)
+    ref_text = "".join(json.dumps(r) + "\n" for r in refs)
+    pred_text = "".join(json.dumps(r) + "\n" for r in preds)
+    with pytest.raises(FatalError, match="case id field"):
+        create_study(Session, ("refs.jsonl", ref_text), [("m", "p.jsonl", pred_text)])
+    s = create_study(Session, ("refs.jsonl", ref_text), [("m", "p.jsonl", pred_text)],
+                     fields=Fields(pred_id="case", pred_impression="text"), selection="stratified", n_cases=2)
+    assert (s["cases"], s["normal"], s["abnormal"]) == (2, 1, 1)
+
+
+# --- blinding in everything a reader can see ------------------------------------------------------
+
+def test_no_model_identity_in_reader_pages_or_api(study, client):
+    db, summary = study
+    csrf = login(client, "alice")
+    forbidden = [*MODELS, "SYS-", ".jsonl", "reference"]
+    seen = [client.get("/read?list").text]
+    tokens = item_tokens(client)
+    assert len(tokens) == 6
+    for tok in tokens:
+        seen.append(client.get(f"/item/{tok}").text)
+        data = client.get(f"/api/items/{tok}").json()
+        seen.append(json.dumps(data))
+        assert len(data["candidates"]) == 4  # 3 models + the blinded reference
+        assert set(data["candidates"][0]) == {"slot", "label", "text", "rating"}
+        r = put(client, data["candidates"][0]["slot"], FULL, csrf)
+        seen.append(r.text)
+    for text in seen:
+        for word in forbidden:  # whole words: "preference" is fine, "reference" is not
+            assert not re.search(rf"\b{re.escape(word)}", text, re.I), f"reader-facing output contains {word!r}"
+    # the admin does see the key
+    with TestClient(create_app(db)) as admin:
+        login(admin, "admin")
+        key = admin.get("/admin/key").text
+        assert all(m in key for m in MODELS) and "SYS-" in key
+
+
+def test_each_reader_gets_own_seeded_order(study, client):
+    db, _ = study
+
+    def texts(user):
+        with TestClient(create_app(db)) as c:
+            login(c, user)
+            return [[x["text"] for x in c.get(f"/api/items/{t}").json()["candidates"]] for t in item_tokens(c)]
+
+    alice, bob = texts("alice"), texts("bob")
+    assert alice != bob
+    assert sorted(map(sorted, alice)) == sorted(map(sorted, bob))  # same cases and candidates, other order
+    # same seed + same reader name on a fresh database -> the same order
+    assert alice == texts("alice")
+
+
+# --- roles, CSRF, validation, sessions ---------------------------------------------------------------
+
+def test_reader_cannot_open_another_readers_item_or_admin_pages(study, tmp_path):
+    db, _ = study
+    with TestClient(create_app(db)) as a, TestClient(create_app(db)) as b:
+        login(a, "alice")
+        csrf_b = login(b, "bob")
+        tok = item_tokens(a)[0]
+        slot = a.get(f"/api/items/{tok}").json()["candidates"][0]["slot"]
+        assert b.get(f"/item/{tok}").status_code == 403
+        assert b.get(f"/api/items/{tok}").status_code == 403
+        assert put(b, slot, FULL, csrf_b).status_code == 403
+        for path in ("/admin", "/admin/key", "/admin/export/ratings.csv", "/admin/create"):
+            assert b.get(path, follow_redirects=False).status_code == 403, path
+        assert b.post("/admin/readers", data={"csrf": csrf_b, "username": "eve"}).status_code == 403
+        assert b.get("/item/not-a-token").status_code == 404
+
+
+def test_rating_validation_idempotence_and_csrf(study, client):
+    db, _ = study
+    csrf = login(client, "alice")
+    tok = item_tokens(client)[0]
+    slot = client.get(f"/api/items/{tok}").json()["candidates"][0]["slot"]
+    for bad in ({"coherence": 0}, {"coherence": 6}, {"coherence": "five"}, {"novelty": 3},
+                {"preference": "candidate"}):  # not a pairwise study
+        assert put(client, slot, bad, csrf).status_code == 422, bad
+    assert put(client, slot, FULL, "wrong").status_code == 403
+    assert client.put(f"/api/ratings/{slot}", json=FULL).status_code == 403
+    for _ in range(3):
+        r = put(client, slot, FULL | {"comment": "terse"}, csrf)
+        assert r.status_code == 200 and r.json()["saved"]
+    _, Session = open_db(db)
+    with Session() as s:
+        assert s.scalar(select(func.count(Rating.id))) == 1
+        row = s.scalar(select(Rating))
+        assert (row.coherence, row.conciseness, row.comment) == (5, 2, "terse")
+    data = client.get(f"/api/items/{tok}").json()
+    assert data["candidates"][0]["rating"]["coherence"] == 5
+
+
+def test_progress_and_resume(study, client):
+    csrf = login(client, "alice")
+    tokens = item_tokens(client)
+    first = client.get("/read", follow_redirects=False)
+    assert first.headers["location"] == f"/item/{tokens[0]}"
+    for c in client.get(f"/api/items/{tokens[0]}").json()["candidates"]:
+        r = put(client, c["slot"], FULL, csrf)
+    assert r.json()["progress"] == {"done": 1, "total": 6}
+    assert client.get("/read", follow_redirects=False).headers["location"] == f"/item/{tokens[1]}"
+
+
+def test_expired_session_goes_to_login_keeping_the_page(study, client):
+    db, _ = study
+    csrf = login(client, "alice")
+    tok = item_tokens(client)[0]
+    slot = client.get(f"/api/items/{tok}").json()["candidates"][0]["slot"]
+    _, Session = open_db(db)
+    with Session.begin() as s:
+        s.execute(update(AuthSession).values(expires_at=time.time() - 1))
+    r = client.get(f"/item/{tok}", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == f"/login?next=/item/{tok}"
+    r = client.put(f"/api/ratings/{slot}", json=FULL, headers={"X-CSRF-Token": csrf, "X-Page": f"/item/{tok}"})
+    assert r.status_code == 401 and r.json()["error"]["login"] == f"/login?next=/item/{tok}"
+    # signing in again leads back to the item (where the page script restores the localStorage draft)
+    page = client.get(r.json()["error"]["login"])
+    assert "Sign in again" in page.text and f'value="/item/{tok}"' in page.text
+
+
+def test_login_security(study, client):
+    r = client.post("/login", data={"username": "alice", "password": PW, "csrf": "x"}, follow_redirects=False)
+    assert r.status_code == 403  # no double-submit cookie
+    client.get("/login")
+    page = client.get("/login").text
+    token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    bad = client.post("/login", data={"username": "alice", "password": "wrong-password", "csrf": token},
+                      follow_redirects=False)
+    assert bad.headers["location"].startswith("/login?failed=1")
+    good = client.post("/login", data={"username": "alice", "password": PW, "csrf": token,
+                                       "next": "//evil.example/"}, follow_redirects=False)
+    assert good.headers["location"] == "/"  # no open redirect
+    cookie = good.headers["set-cookie"].lower()
+    assert "httponly" in cookie and "samesite=strict" in cookie
+    assert "default-src 'self'" in good.headers["content-security-policy"]
+    _, Session = open_db(study[0])
+    with Session() as s:  # only a hash of the session token is stored
+        assert client.cookies.get("radgpt_study") not in {x.token_hash for x in s.scalars(select(AuthSession))}
+
+
+def test_admin_creates_study_on_the_web_and_invites_a_reader(tmp_path):
+    db = str(tmp_path / "web.db")
+    _, Session = open_db(db, create=True)
+    from radgpt.study import auth
+
+    with Session.begin() as s:
+        auth.add_user(s, "boss", PW, "admin")
+    ref, preds = write_files(tmp_path / "files", n_cases=8)
+    with TestClient(create_app(db)) as c:
+        login(c, "boss")
+        assert c.get("/admin", follow_redirects=False).headers["location"] == "/admin/create"
+        csrf = re.search(r'name="csrf-token" content="([^"]+)"', c.get("/admin/create").text).group(1)
+        files = [("references", (ref.name, ref.read_bytes()))] + [
+            ("predictions", (p.name, p.read_bytes())) for _, p in preds]
+        form = {"name": "Web study", "n_cases": "4", "selection": "stratified", "seed": "3", "model_names": ""}
+        assert c.post("/admin/create", data=form, files=files).status_code == 403  # no CSRF
+        r = c.post("/admin/create", data=form | {"csrf": csrf}, files=files, follow_redirects=False)
+        assert r.status_code == 303, r.text
+        r = c.post("/admin/readers", data={"csrf": csrf, "username": "carol"})
+        password = re.search(r'id="new-password">([^<]+)<', r.text).group(1)
+        assert "Web study" in c.get("/admin").text and "carol" in c.get("/admin").text
+        csv_text = c.get("/admin/export/ratings.csv").text
+        assert csv_text.startswith("reader,case,stratum,code,model")
+    with TestClient(create_app(db)) as reader:
+        login(reader, "carol", password)
+        assert len(item_tokens(reader)) == 4
+    with Session() as s:
+        assert s.scalar(select(func.count(System.id))) == 3
+
+
+def test_serve_refuses_non_loopback_host(study, capsys):
+    rc = main(["study", "serve", "--db", study[0], "--host", "0.0.0.0"])
+    assert rc == 2 and "--allow-remote" in capsys.readouterr().err
+
+
+def test_cli_add_reader_and_analyze(study, tmp_path, capsys):
+    db, _ = study
+    assert main(["study", "add-reader", "dave", "--db", db]) == 0
+    assert "password:" in capsys.readouterr().out
+    with TestClient(create_app(db)) as c:
+        csrf = login(c, "alice")
+        for tok in item_tokens(c)[:3]:
+            for cand in c.get(f"/api/items/{tok}").json()["candidates"]:
+                assert put(c, cand["slot"], FULL, csrf).status_code == 200
+    out = tmp_path / "report"
+    assert main(["study", "analyze", "--db", db, "--out", str(out)]) == 0
+    html = (out / "report.html").read_text()
+    assert "Friedman" in html and "data:image/png;base64," in html and "alpha" in html
+    assert (out / "scores.png").stat().st_size > 1000
+    assert len((out / "ratings.csv").read_text().splitlines()) == 1 + 3 * 4
