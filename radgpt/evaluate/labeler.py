@@ -12,12 +12,13 @@ How it reads a report (the NegEx recipe, as CheXpert and NegBio do it, without t
      "has resolved", "is suspected"), else positive; pseudo-negations ("no change in") are skipped;
   4. a label is positive if any mention is, else uncertain if any is, else negative; a label with no
      mention is "not_mentioned". CheXpert's "No Finding" is positive when nothing but support devices
-     is positive or uncertain.
+     is positive or uncertain — counting the concepts CheXpert has no label for (emphysema, fibrosis).
 
 The vocabulary was written while reading OpenI (Indiana University) reports; docs/evaluate.md gives its
 agreement with the NegBio gold labels on the half of the corpus it was developed on and on the other half.
 
-Server API: `label(text)`, `label_many(texts)`, `mentions(text)`, `consistency_flags(findings, impression)`.
+Server API: `label(text)`, `label_many(texts)`, `mentions(text)`, `is_normal(text)`,
+`consistency_flags(findings, impression)`.
 """
 
 from __future__ import annotations
@@ -190,7 +191,18 @@ def mentions(text: str) -> list[Mention]:
     return found
 
 
-def _aggregate(found: Iterable[Mention], scheme: str) -> dict[str, str]:
+def _abnormal(found: list[Mention]) -> bool:
+    # Any finding but a device, in either scheme: "emphysema without acute disease" is not normal even
+    # though CheXpert has no emphysema observation.
+    return any(m.status in (POSITIVE, UNCERTAIN) and m.concept != "device" for m in found)
+
+
+def is_normal(text: str) -> bool:
+    """True when the report states no finding (devices aside), positive or uncertain, in either scheme."""
+    return bool((text or "").strip()) and not _abnormal(mentions(text))
+
+
+def _aggregate(found: list[Mention], scheme: str) -> dict[str, str]:
     index = 0 if scheme == "chexpert" else 1
     out = {name: NOT_MENTIONED for name in SCHEMES[scheme]}
     for m in found:
@@ -200,8 +212,7 @@ def _aggregate(found: Iterable[Mention], scheme: str) -> dict[str, str]:
         if out[target] == NOT_MENTIONED or _RANK[m.status] > _RANK[out[target]]:
             out[target] = m.status
     if scheme == "chexpert":
-        abnormal = any(v in (POSITIVE, UNCERTAIN) for k, v in out.items() if k not in ("No Finding", "Support Devices"))
-        out["No Finding"] = NOT_MENTIONED if abnormal else POSITIVE
+        out["No Finding"] = NOT_MENTIONED if _abnormal(found) else POSITIVE
     return out
 
 

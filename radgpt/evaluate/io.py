@@ -1,0 +1,147 @@
+"""Reading reference and prediction JSONL files and joining them by id.
+
+The column convention (each overridable on the command line):
+
+  references   id: `id`, `idx`, `uid` or `study_id` (--id-field)       radgpt: {"id", "findings", "impression"}
+               text: `impression`, `target`, `reference` (--ref-field)  clin-summ: {"idx", "inputs", "target"}
+               findings (optional, for subgroups and consistency flags): `findings`, `inputs` (--findings-field)
+  predictions  id: as above (--id-field)
+               text: `impression`, `prediction`, `output`, `generated`, `text` (--pred-field)
+
+The first listed field present in a file's first record is used for the whole file. When neither file
+has an id field, records are joined by line order and the files must have the same length. An empty or
+null prediction text is kept (it scores 0 and is counted); a missing field is an error.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from radgpt.errors import FatalError
+
+ID_FIELDS = ("id", "idx", "uid", "study_id")
+REF_FIELDS = ("impression", "target", "reference")
+FINDINGS_FIELDS = ("findings", "inputs")
+PRED_FIELDS = ("impression", "prediction", "output", "generated", "text")
+
+
+@dataclass
+class Reference:
+    id: str
+    impression: str
+    findings: str = ""
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise FatalError(f"{path}: file not found")
+    records = []
+    with open(path, "rb") as fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise FatalError(f"{path}:{lineno}: not UTF-8 text (byte {e.start}); re-save the file as UTF-8") from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise FatalError(f"{path}:{lineno}: not valid JSON ({e.msg}); expected one JSON object per line") from None
+            if not isinstance(record, dict):
+                raise FatalError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
+            records.append((lineno, record))
+    if not records:
+        raise FatalError(f"{path}: no records")
+    return records
+
+
+def _pick(path, records, wanted: str | None, candidates: tuple[str, ...], what: str, required: bool = True):
+    first = records[0][1]
+    if wanted:
+        if wanted not in first:
+            raise FatalError(f"{path}:{records[0][0]}: no field '{wanted}' for the {what} "
+                             f"(fields: {', '.join(first) or 'none'})")
+        return wanted
+    for name in candidates:
+        if name in first:
+            return name
+    if required:
+        raise FatalError(f"{path}:{records[0][0]}: no {what} field (looked for {', '.join(candidates)}; "
+                         f"fields: {', '.join(first) or 'none'}); name it with the matching --*-field option")
+    return None
+
+
+def _text(path, lineno, record, field, what) -> str:
+    if field not in record:
+        raise FatalError(f"{path}:{lineno}: missing field '{field}' ({what})")
+    value = record[field]
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise FatalError(f"{path}:{lineno}: field '{field}' must be text, got {type(value).__name__}")
+    return value
+
+
+def _ids(path, records, id_field) -> list[str | None]:
+    if id_field is None:
+        return [None] * len(records)
+    ids, seen = [], {}
+    for lineno, rec in records:
+        if id_field not in rec or rec[id_field] is None:
+            raise FatalError(f"{path}:{lineno}: missing id field '{id_field}'")
+        key = str(rec[id_field])
+        if key in seen:
+            raise FatalError(f"{path}:{lineno}: duplicate id {key!r} (first on line {seen[key]})")
+        seen[key] = lineno
+        ids.append(key)
+    return ids
+
+
+def load_references(path, ref_field=None, id_field=None, findings_field=None) -> tuple[list[Reference], bool]:
+    """(references, has_ids). Findings are optional: "" when the file has none."""
+    records = read_jsonl(path)
+    idf = _pick(path, records, id_field, ID_FIELDS, "id", required=False)
+    tf = _pick(path, records, ref_field, REF_FIELDS, "reference text")
+    ff = _pick(path, records, findings_field, FINDINGS_FIELDS, "findings", required=bool(findings_field))
+    ids = _ids(path, records, idf)
+    refs = []
+    for k, ((lineno, rec), rid) in enumerate(zip(records, ids)):
+        findings = _text(path, lineno, rec, ff, "findings") if ff else ""
+        refs.append(Reference(rid if rid is not None else str(k), _text(path, lineno, rec, tf, "reference text"), findings))
+    return refs, idf is not None
+
+
+def load_predictions(path, pred_field=None, id_field=None) -> tuple[list[tuple[str | None, str]], bool]:
+    records = read_jsonl(path)
+    idf = _pick(path, records, id_field, ID_FIELDS, "id", required=False)
+    tf = _pick(path, records, pred_field, PRED_FIELDS, "prediction text")
+    ids = _ids(path, records, idf)
+    return [(pid, _text(path, lineno, rec, tf, "prediction text")) for (lineno, rec), pid in zip(records, ids)], idf is not None
+
+
+def align(refs: list[Reference], refs_have_ids: bool, preds, preds_have_ids: bool, name: str, path) -> list[str]:
+    """Prediction texts in reference order; a clear error listing the first mismatches otherwise."""
+    if refs_have_ids and preds_have_ids:
+        by_id = {pid: text for pid, text in preds}
+        ref_ids = [r.id for r in refs]
+        missing = [i for i in ref_ids if i not in by_id]
+        extra = [pid for pid, _ in preds if pid not in set(ref_ids)]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"{len(missing)} reference ids have no prediction (first: {', '.join(missing[:5])})")
+            if extra:
+                parts.append(f"{len(extra)} prediction ids are not in the references (first: {', '.join(extra[:5])})")
+            raise FatalError(f"{path} ({name}): ids do not match the references: " + "; ".join(parts))
+        return [by_id[i] for i in ref_ids]
+    if refs_have_ids != preds_have_ids and len(refs) != len(preds):
+        raise FatalError(f"{path} ({name}): only one of the files has ids, and the lengths differ "
+                         f"({len(refs)} references, {len(preds)} predictions); give both files an id field")
+    if len(refs) != len(preds):
+        raise FatalError(f"{path} ({name}): {len(preds)} predictions but {len(refs)} references "
+                         f"(no id field to join on, so records are matched by line order)")
+    return [text for _, text in preds]
