@@ -68,13 +68,14 @@ def similarity(refs: list[str], hyps: list[str], batch_size: int = 64) -> dict[s
     """Per-sample {"embed_cosine": [...], "bertscore_minilm": [...]} on a 0–100 scale; empty hyp → 0."""
     import torch
 
-    # sort by length so batches pad little; encode refs and hyps together
+    # Encode each distinct text once (impressions repeat a lot: ~40% of OpenI's are one boilerplate
+    # sentence), shortest first so batches pad little.
     texts = list(refs) + list(hyps)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    tokens_sorted, pooled_sorted = _encode([texts[i] or " " for i in order], batch_size)
-    tokens, pooled = [None] * len(texts), [None] * len(texts)
-    for pos, i in enumerate(order):
-        tokens[i], pooled[i] = tokens_sorted[pos], pooled_sorted[pos]
+    distinct = sorted({t for t in texts}, key=len)
+    tokens_d, pooled_d = _encode([t or " " for t in distinct], batch_size)
+    where = {t: k for k, t in enumerate(distinct)}
+    tokens = [tokens_d[where[t]] for t in texts]
+    pooled = [pooled_d[where[t]] for t in texts]
     n = len(refs)
     cosine, bert_f1 = [], []
     for k in range(n):

@@ -9,7 +9,9 @@ form, which has no session yet, uses a double-submit cookie. Each rating save is
 
 from __future__ import annotations
 
+import contextlib
 import secrets
+import threading
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -19,10 +21,11 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Red
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
+from sqlalchemy import and_, case, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.datastructures import MutableHeaders
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from radgpt.errors import FatalError
@@ -54,6 +57,33 @@ class RatingIn(BaseModel):
     preference: str | None = None
 
 
+class SecurityHeaders:
+    """Pure ASGI middleware (Starlette's @app.middleware("http") costs ~1 ms a request under load)."""
+
+    CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+           "frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        static = scope["path"].startswith("/static/")
+
+        async def send_with_headers(message):
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers["Content-Security-Policy"] = self.CSP
+                headers["X-Content-Type-Options"] = "nosniff"
+                headers["Referrer-Policy"] = "no-referrer"
+                if not static:
+                    headers["Cache-Control"] = "no-store"  # report text must not linger in caches
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def _safe_next(url: str | None) -> str:
     # Only same-site paths: an open redirect after login would be a phishing aid.
     if url and url.startswith("/") and not url.startswith("//") and "\\" not in url:
@@ -62,9 +92,14 @@ def _safe_next(url: str | None) -> str:
 
 
 def create_app(db: str, session_hours: float = 12.0, allowed_hosts: list[str] | None = None,
-               secure_cookies: bool = False) -> FastAPI:
-    engine, Session = open_db(db, create=True)
-    app = FastAPI(title="radgpt reader study", docs_url=None, redoc_url=None, openapi_url=None)
+               secure_cookies: bool = False, sqlite_sync: str = "full") -> FastAPI:
+    engine, Session = open_db(db, create=True, sqlite_sync=sqlite_sync)
+    # FastAPI's built-in OpenTelemetry would record request data (validation errors included) if a
+    # global provider or OTEL_* environment exporters were set: report text never leaves this process.
+    no_telemetry = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False,
+                    "auto_configure": False}
+    app = FastAPI(title="radgpt reader study", docs_url=None, redoc_url=None, openapi_url=None,
+                  telemetry=no_telemetry)
     app.state.engine, app.state.Session = engine, Session
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
@@ -72,19 +107,11 @@ def create_app(db: str, session_hours: float = 12.0, allowed_hosts: list[str] | 
         # Bound to loopback, only loopback names are valid Host headers: stops DNS-rebinding pages.
         app.add_middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts)
     upsert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+    # SQLite has one writer at a time and its busy handler waits by sleeping (1, 2, 5 … 100 ms), which
+    # gives a long latency tail under load; queueing this process's writers on a lock keeps them in order.
+    write_lock = threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
 
-    @app.middleware("http")
-    async def _headers(request: Request, call_next):
-        response = await call_next(request)
-        response.headers["Content-Security-Policy"] = (
-            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-            "frame-ancestors 'none'; form-action 'self'; base-uri 'none'"
-        )
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        if not request.url.path.startswith("/static/"):
-            response.headers["Cache-Control"] = "no-store"  # report text must not linger in caches
-        return response
+    app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(LoginRequired)
     async def _login(request: Request, _exc: LoginRequired):
@@ -103,6 +130,8 @@ def create_app(db: str, session_hours: float = 12.0, allowed_hosts: list[str] | 
                                 status_code=exc.status_code)
         return templates.TemplateResponse(request, "message.html", {"title": f"Error {exc.status_code}",
                                           "message": exc.detail, "user": None}, status_code=exc.status_code)
+
+    flags: dict[str, bool] = {}
 
     # --- helpers -------------------------------------------------------------------------------------
     def current(request: Request, s) -> tuple[User, object]:
@@ -124,25 +153,34 @@ def create_app(db: str, session_hours: float = 12.0, allowed_hosts: list[str] | 
     def page(request: Request, name: str, ctx: dict, status: int = 200) -> HTMLResponse:
         return templates.TemplateResponse(request, name, ctx, status_code=status)
 
-    def complete_assignments(s, reader_id: int, pairwise: bool) -> dict[int, bool]:
-        """assignment id -> all its candidates fully rated."""
-        done: dict[int, bool] = {}
+    def complete_assignments(s, reader_id: int, pairwise: bool, only: int | None = None) -> dict[int, bool]:
+        """assignment id -> all its candidates fully rated (one aggregate query)."""
+        cond = [getattr(Rating, c).is_not(None) for c in NAMES]
+        if pairwise:
+            cond.append(Rating.preference.is_not(None))
         q = (
-            select(Slot.assignment_id, Rating)
+            select(Slot.assignment_id, func.count(Slot.id), func.sum(case((and_(*cond), 1), else_=0)))
             .join(Assignment, Assignment.id == Slot.assignment_id)
             .outerjoin(Rating, Rating.slot_id == Slot.id)
             .where(Assignment.reader_id == reader_id)
+            .group_by(Slot.assignment_id)
         )
-        for a_id, r in s.execute(q):
-            ok = r is not None and all(getattr(r, c) is not None for c in NAMES)
-            if ok and pairwise:
-                ok = r.preference is not None
-            done[a_id] = done.get(a_id, True) and ok
-        return done
+        if only is not None:
+            q = q.where(Slot.assignment_id == only)
+        return {a_id: n == ok for a_id, n, ok in s.execute(q)}
 
     def progress(s, reader_id: int, pairwise: bool) -> dict:
         done = complete_assignments(s, reader_id, pairwise)
         return {"done": sum(done.values()), "total": len(done)}
+
+    def is_pairwise(s) -> bool:
+        # The study never changes once created; read it once instead of on every save.
+        if "pairwise" not in flags:
+            value = s.scalar(select(Study.pairwise))
+            if value is None:
+                return False
+            flags["pairwise"] = bool(value)
+        return flags["pairwise"]
 
     def owned_assignment(s, user: User, token: str) -> Assignment:
         a = s.scalar(select(Assignment).where(Assignment.token == token))
@@ -172,11 +210,12 @@ def create_app(db: str, session_hours: float = 12.0, allowed_hosts: list[str] | 
             rating = {c: (getattr(r, c) if r else None) for c in NAMES}
             rating.update({"comment": r.comment if r else "", "preference": r.preference if r else None})
             candidates.append({"slot": token, "label": f"Candidate {pos + 1}", "text": text, "rating": rating})
+        done = complete_assignments(s, user.id, study.pairwise)
         view = {
             "item": a.token, "number": a.position + 1, "total": total, "findings": case.findings,
-            "candidates": candidates,
+            "candidates": candidates, "complete": done.get(a.id, False),
             "prev": neighbours.get(a.position - 1), "next": neighbours.get(a.position + 1),
-            "progress": progress(s, user.id, study.pairwise),
+            "progress": {"done": sum(done.values()), "total": len(done)},
         }
         if study.pairwise:  # shown labelled only in pairwise studies, where it is never a candidate
             view["reference"] = case.reference
@@ -273,17 +312,16 @@ def create_app(db: str, session_hours: float = 12.0, allowed_hosts: list[str] | 
             user, sess = current(request, s)
             check_csrf(sess, request.headers.get("X-CSRF-Token"))
             row = s.execute(
-                select(Slot.id, Assignment.reader_id, Candidate.system_id)
+                select(Slot.id, Assignment.reader_id, Slot.assignment_id)
                 .join(Assignment, Assignment.id == Slot.assignment_id)
-                .join(Candidate, Candidate.id == Slot.candidate_id)
                 .where(Slot.token == slot_token)
             ).first()
             if row is None:
                 raise HTTPException(404, "no such candidate")
-            slot_id, reader_id, _ = row
+            slot_id, reader_id, assignment_id = row
             if reader_id != user.id:
                 raise HTTPException(403, "this item belongs to another reader")
-            pairwise = bool(s.scalar(select(Study.pairwise)))
+            pairwise = is_pairwise(s)
             if body.preference is not None and (not pairwise or body.preference not in PREFERENCES):
                 raise HTTPException(422, f"preference must be one of {list(PREFERENCES)} in a pairwise study")
             values = body.model_dump()
@@ -292,9 +330,13 @@ def create_app(db: str, session_hours: float = 12.0, allowed_hosts: list[str] | 
             stmt = upsert(Rating).values(**values)
             stmt = stmt.on_conflict_do_update(index_elements=[Rating.slot_id],
                                               set_={k: stmt.excluded[k] for k in values if k != "slot_id"})
-            s.execute(stmt)
-            s.commit()
-            return {"saved": True, "progress": progress(s, user.id, pairwise)}
+            with write_lock:
+                s.execute(stmt)
+                s.commit()
+            # Only this case's completion (3-5 rows), not the whole worklist: this runs on every save and
+            # the page keeps its own count for the progress bar.
+            done = complete_assignments(s, user.id, pairwise, only=assignment_id)
+            return {"saved": True, "case_complete": done.get(assignment_id, False)}
 
     # --- admin ---------------------------------------------------------------------------------------
     @app.get("/admin", response_class=HTMLResponse)

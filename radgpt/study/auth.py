@@ -65,15 +65,17 @@ def start_session(s: Session, user: User, hours: float) -> tuple[str, str]:
     return token, csrf
 
 
-def session_user(s: Session, token: str | None) -> tuple[User, AuthSession] | None:
+def session_user(s: Session, token: str | None):
+    """(user, session) for a live session token, else None. Both are the same plain row (id, username,
+    role, csrf): this runs on every request, and loading ORM objects would double its cost."""
     if not token:
         return None
     row = s.execute(
-        select(User, AuthSession)
+        select(User.id, User.username, User.role, AuthSession.csrf)
         .join(AuthSession, AuthSession.user_id == User.id)
         .where(AuthSession.token_hash == token_hash(token), AuthSession.expires_at > time.time())
     ).first()
-    return (row[0], row[1]) if row else None
+    return (row, row) if row else None
 
 
 def end_session(s: Session, token: str | None) -> None:

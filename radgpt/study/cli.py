@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="permit a non-loopback --host (put TLS in front and use --secure-cookies)")
     p.add_argument("--secure-cookies", action="store_true", help="mark cookies Secure (only behind HTTPS)")
     p.add_argument("--session-hours", type=float, default=12.0)
+    p.add_argument("--sqlite-sync", choices=["full", "normal"], default="full",
+                   help="full: every rating fsynced (survives power loss); normal: survives a killed server, "
+                        "faster, may lose the last seconds on power loss")
 
     p = sub.add_parser("analyze", help="statistics, agreement, figure, CSV and HTML report")
     p.add_argument("--db", required=True)
@@ -163,7 +166,7 @@ def _serve(args) -> int:
             raise FatalError(f"{db}: no admin account; run `radgpt study add-user NAME --role admin --db {db}`")
     engine.dispose()
     app = create_app(db, session_hours=args.session_hours, secure_cookies=args.secure_cookies,
-                     allowed_hosts=LOOPBACK_NAMES if loopback else None)
+                     allowed_hosts=LOOPBACK_NAMES if loopback else None, sqlite_sync=args.sqlite_sync)
     print(f"reader study on http://{args.host}:{args.port}", flush=True)
     # access_log off: paths carry only random tokens, but a study log has no need for them.
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)

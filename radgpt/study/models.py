@@ -143,7 +143,11 @@ def database_url(db: str | Path) -> str:
     return f"sqlite:///{Path(db).expanduser().resolve()}"
 
 
-def make_engine(db: str | Path) -> Engine:
+def make_engine(db: str | Path, sqlite_sync: str = "full") -> Engine:
+    """`sqlite_sync`: "full" (default) fsyncs every commit — survives power loss; "normal" survives a killed
+    server process (kill -9) but may lose the last commits on power loss or an OS crash; it is faster."""
+    if sqlite_sync not in ("full", "normal"):
+        raise ValueError(f"sqlite_sync must be full or normal, not {sqlite_sync!r}")
     url = database_url(db)
     if url.startswith("sqlite"):
         # check_same_thread off: uvicorn's thread pool shares the pool's connections (one at a time).
@@ -155,7 +159,7 @@ def make_engine(db: str | Path) -> Engine:
             # WAL: readers never block the writer. synchronous=FULL: a commit is on disk before the
             # reply is sent, so neither kill -9 nor a power cut loses an acknowledged rating.
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute(f"PRAGMA synchronous={sqlite_sync.upper()}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
@@ -164,8 +168,8 @@ def make_engine(db: str | Path) -> Engine:
     return create_engine(url, pool_size=10, pool_pre_ping=True)
 
 
-def open_db(db: str | Path, create: bool = False) -> tuple[Engine, sessionmaker]:
-    engine = make_engine(db)
+def open_db(db: str | Path, create: bool = False, sqlite_sync: str = "full") -> tuple[Engine, sessionmaker]:
+    engine = make_engine(db, sqlite_sync)
     if create:
         Base.metadata.create_all(engine)
     return engine, sessionmaker(engine, expire_on_commit=False)

@@ -8,6 +8,7 @@
   const statusEl = document.getElementById("status");
   const fieldsets = Array.from(document.querySelectorAll("fieldset.criterion"));
   const DRAFT = "radgpt-study-draft:";
+  const doneElsewhere = parseInt(root.dataset.done, 10) - parseInt(root.dataset.complete, 10);
   let current = 0;
   const pending = new Map();   // slot -> timer (debounced comment saves)
   const inflight = new Map();  // slot -> sequence number of the latest request sent
@@ -70,9 +71,10 @@
     const body = await resp.json();
     const stored = JSON.parse(localStorage.getItem(key) || "null");
     if (stored && stored.seq === seq && inflight.get(s.slot) === seq) localStorage.removeItem(key);
-    document.getElementById("progress").value = body.progress.done;
-    document.getElementById("progress").max = body.progress.total;
-    document.getElementById("progress-text").textContent = body.progress.done + " / " + body.progress.total + " cases rated";
+    // The server says whether this case is now complete; the other cases' count is known from page load.
+    const done = doneElsewhere + (body.case_complete ? 1 : 0);
+    document.getElementById("progress").value = done;
+    document.getElementById("progress-text").textContent = done + " / " + root.dataset.total + " cases rated";
     setStatus("Saved", "saved");
   }
 

@@ -1,0 +1,68 @@
+"""Prompt templates are data (radgpt/templates/*.json), saved into every run folder.
+
+A run folder keeps the exact template it was trained with (`prompt_template.json`), so `impress` and
+`serve` rebuild the same prompt byte for byte — the classic failure of instruction-tuned checkpoints
+is a prompt at inference that differs from the one in training.
+
+Retrieved prior cases (few-shot) go inside the input, in the template's own `example` format, so the
+same template serves zero-shot and retrieval-augmented prompts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from radgpt.errors import FatalError
+
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+TEMPLATE_FILE = "prompt_template.json"
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    name: str
+    prompt_input: str
+    prompt_no_input: str
+    response_split: str
+    description: str = ""
+    examples_header: str = "Similar prior reports:\n"
+    example: str = "Findings: {input}\nImpression: {output}\n\n"
+    query: str = "Findings: {input}"
+
+    @classmethod
+    def load(cls, name_or_path: str | Path) -> "PromptTemplate":
+        """A built-in name (alpaca, chatml, plain), a template JSON file, or a run folder."""
+        p = Path(name_or_path)
+        if p.is_dir():
+            p = p / TEMPLATE_FILE
+        elif not p.suffix and (TEMPLATE_DIR / f"{name_or_path}.json").exists():
+            p = TEMPLATE_DIR / f"{name_or_path}.json"
+        if not p.is_file():
+            names = sorted(f.stem for f in TEMPLATE_DIR.glob("*.json"))
+            raise FatalError(f"prompt template '{name_or_path}' not found (built-in: {', '.join(names)}, "
+                             "or a .json file, or a run folder)")
+        try:
+            data = json.loads(p.read_text(encoding="utf-8"))
+            return cls(**data)
+        except (json.JSONDecodeError, TypeError) as e:
+            raise FatalError(f"{p}: not a valid prompt template ({e})") from None
+
+    def render(self, instruction: str, input: str = "", examples: list[tuple[str, str]] | tuple = ()) -> str:
+        """The prompt up to where the response starts. `examples` are (findings, impression) pairs."""
+        if examples:
+            shots = "".join(self.example.format(input=f, output=i) for f, i in examples)
+            input = self.examples_header + shots + self.query.format(input=input)
+        if input:
+            return self.prompt_input.format(instruction=instruction, input=input)
+        return self.prompt_no_input.format(instruction=instruction)
+
+    def response(self, generated: str) -> str:
+        """The response part of a decoded generation that may still contain the prompt."""
+        return generated.split(self.response_split)[-1].strip()
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / TEMPLATE_FILE
+        path.write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False), encoding="utf-8")
+        return path
