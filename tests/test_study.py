@@ -218,9 +218,11 @@ def test_progress_and_resume(study, client):
     tokens = item_tokens(client)
     first = client.get("/read", follow_redirects=False)
     assert first.headers["location"] == f"/item/{tokens[0]}"
-    for c in client.get(f"/api/items/{tokens[0]}").json()["candidates"]:
+    cands = client.get(f"/api/items/{tokens[0]}").json()["candidates"]
+    for c in cands:
         r = put(client, c["slot"], FULL, csrf)
-    assert r.json()["progress"] == {"done": 1, "total": 6}
+        assert r.json()["case_complete"] == (c is cands[-1])
+    assert client.get(f"/api/items/{tokens[1]}").json()["progress"] == {"done": 1, "total": 6}
     assert client.get("/read", follow_redirects=False).headers["location"] == f"/item/{tokens[1]}"
 
 

@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Red
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import and_, bindparam, case, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -110,6 +110,10 @@ def create_app(db: str, session_hours: float = 12.0, allowed_hosts: list[str] | 
     # SQLite has one writer at a time and its busy handler waits by sleeping (1, 2, 5 … 100 ms), which
     # gives a long latency tail under load; queueing this process's writers on a lock keeps them in order.
     write_lock = threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
+    rating_cols = [*NAMES, "comment", "preference", "reader_id", "updated_at"]
+    insert = upsert(Rating).values({c: bindparam(c) for c in ["slot_id", *rating_cols]})
+    save_stmt = insert.on_conflict_do_update(index_elements=[Rating.slot_id],
+                                             set_={c: insert.excluded[c] for c in rating_cols})
 
     app.add_middleware(SecurityHeaders)
 
@@ -308,10 +312,11 @@ def create_app(db: str, session_hours: float = 12.0, allowed_hosts: list[str] | 
 
     @app.put("/api/ratings/{slot_token}")
     def save_rating(request: Request, slot_token: str, body: RatingIn):
-        with Session() as s:
-            user, sess = current(request, s)
+        # The hot path (every click autosaves): a plain Connection and a prebuilt statement, no ORM objects.
+        with engine.connect() as conn:
+            user, sess = current(request, conn)
             check_csrf(sess, request.headers.get("X-CSRF-Token"))
-            row = s.execute(
+            row = conn.execute(
                 select(Slot.id, Assignment.reader_id, Slot.assignment_id)
                 .join(Assignment, Assignment.id == Slot.assignment_id)
                 .where(Slot.token == slot_token)
@@ -321,21 +326,17 @@ def create_app(db: str, session_hours: float = 12.0, allowed_hosts: list[str] | 
             slot_id, reader_id, assignment_id = row
             if reader_id != user.id:
                 raise HTTPException(403, "this item belongs to another reader")
-            pairwise = is_pairwise(s)
+            pairwise = is_pairwise(conn)
             if body.preference is not None and (not pairwise or body.preference not in PREFERENCES):
                 raise HTTPException(422, f"preference must be one of {list(PREFERENCES)} in a pairwise study")
             values = body.model_dump()
             values.update(slot_id=slot_id, reader_id=user.id, updated_at=time.time())
             # One statement, one transaction: the unique slot makes a resend an update, never a duplicate.
-            stmt = upsert(Rating).values(**values)
-            stmt = stmt.on_conflict_do_update(index_elements=[Rating.slot_id],
-                                              set_={k: stmt.excluded[k] for k in values if k != "slot_id"})
             with write_lock:
-                s.execute(stmt)
-                s.commit()
-            # Only this case's completion (3-5 rows), not the whole worklist: this runs on every save and
-            # the page keeps its own count for the progress bar.
-            done = complete_assignments(s, user.id, pairwise, only=assignment_id)
+                conn.execute(save_stmt, values)
+                conn.commit()
+            # Only this case's completion (3-5 rows), not the whole worklist: the page keeps its own count.
+            done = complete_assignments(conn, user.id, pairwise, only=assignment_id)
             return {"saved": True, "case_complete": done.get(assignment_id, False)}
 
     # --- admin ---------------------------------------------------------------------------------------
