@@ -16,8 +16,6 @@ import argparse
 import asyncio
 import os
 import re
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,30 +31,9 @@ sys.path.insert(0, str(REPO))
 
 from radgpt.study.criteria import NAMES  # noqa: E402
 from radgpt.study.models import Rating, Slot, open_db  # noqa: E402
-from radgpt.study.synthetic import make_study  # noqa: E402
+from radgpt.study.synthetic import free_port, make_study, start_server  # noqa: E402
 
 PASSWORD = "bench-password-123"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_server(db: str, port: int, sync: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "radgpt", "study", "serve", "--db", db, "--port", str(port),
-                             "--sqlite-sync", sync],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"server did not start: {proc.stderr.read().decode()[-2000:]}")
 
 
 async def sign_in(c: httpx.AsyncClient, name: str, n: int) -> tuple[str, list[str]]:
@@ -120,7 +97,7 @@ def main() -> int:
         names = [f"reader{i:02d}" for i in range(args.readers)]
         make_study(db, Path(tmp) / "files", readers=names, password=PASSWORD, n_cases=cases, models=models)
         port = free_port()
-        server = start_server(db, port, args.sqlite_sync)
+        server = start_server(db, port, "--sqlite-sync", args.sqlite_sync)
         latencies, sent, errors = [], {}, []
         try:
             wall, server_cpu = asyncio.run(run_all(f"http://127.0.0.1:{port}", names, args.ratings, args.think,
