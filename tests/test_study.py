@@ -313,3 +313,35 @@ def test_cli_add_reader_and_analyze(study, tmp_path, capsys):
     assert "Friedman" in html and "data:image/png;base64," in html and "alpha" in html
     assert (out / "scores.png").stat().st_size > 1000
     assert len((out / "ratings.csv").read_text().splitlines()) == 1 + 3 * 4
+
+
+def test_pairwise_study_shows_reference_and_requires_preference(tmp_path):
+    db = str(tmp_path / "pair.db")
+    with pytest.raises(FatalError, match="exclude each other"):
+        make_study(str(tmp_path / "bad.db"), tmp_path / "f0", readers=[], password=PW, include_reference=True,
+                   pairwise=True)
+    make_study(db, tmp_path / "files", readers=["alice"], password=PW, n_cases=4, pairwise=True)
+    with TestClient(create_app(db)) as c:
+        csrf = login(c, "alice")
+        tok = item_tokens(c)[0]
+        page = c.get(f"/item/{tok}").text
+        assert "Reference impression" in page and "Compared with the reference" in page
+        data = c.get(f"/api/items/{tok}").json()
+        assert data["reference"] and len(data["candidates"]) == 3  # the reference is shown, not a candidate
+        assert put(c, data["candidates"][0]["slot"], FULL | {"preference": "better"}, csrf).status_code == 422
+        for cand in data["candidates"]:
+            assert put(c, cand["slot"], FULL, csrf).json()["case_complete"] is False  # preference missing
+        for cand in data["candidates"]:
+            r = put(c, cand["slot"], FULL | {"preference": "equal"}, csrf)
+        assert r.json()["case_complete"] is True
+    out = tmp_path / "report"
+    assert main(["study", "analyze", "--db", db, "--out", str(out), "--blinded"]) == 0
+    prefs = (out / "preferences.csv").read_text()
+    assert "SYS-" in prefs and "alpha" not in prefs  # --blinded reports codes only
+
+
+def test_cli_help_lists_the_commands(capsys):
+    with pytest.raises(SystemExit):
+        main(["study", "--help"])
+    out = capsys.readouterr().out
+    assert all(cmd in out for cmd in ("create", "add-user", "serve", "analyze"))

@@ -71,6 +71,8 @@ def test_kill_minus_9_loses_no_acknowledged_rating(tmp_path):
         server = start_server(db, port)
         c, _ = sign_in(base, "alice")
         assert c.get("/health").json() == {"status": "ok"}
+        # on loopback only loopback Host names are served (a DNS-rebinding page would send its own name)
+        assert httpx.get(f"{base}/health", headers={"Host": "evil.example"}).status_code == 400
         _, Session = open_db(db)
         with Session() as s:
             stored = {tok: r for tok, r in s.execute(select(Slot.token, Rating).join(Rating, Rating.slot_id == Slot.id))}

@@ -341,7 +341,7 @@ def create_app(db: str, session_hours: float = 12.0, allowed_hosts: list[str] | 
 
     # --- admin ---------------------------------------------------------------------------------------
     @app.get("/admin", response_class=HTMLResponse)
-    def admin_home(request: Request, new_user: str | None = None):
+    def admin_home(request: Request):
         with Session() as s:
             user, sess = admin(request, s)
             study = s.scalar(select(Study))

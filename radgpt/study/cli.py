@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--db", required=True, help="SQLite file path, or an SQLAlchemy URL (postgresql+psycopg://...)")
     p.add_argument("--references", required=True, type=Path,
                    help='JSONL with {"id","findings","impression"} or clin-summ {"idx","inputs","target"}')
-    p.add_argument("--predictions", required=True, nargs="+", metavar="[NAME=]PATH",
+    p.add_argument("--predictions", "--pred", required=True, nargs="+", action="extend", metavar="[NAME=]PATH",
                    help='one JSONL per model with {"id","impression"}; NAME defaults to the file stem')
     p.add_argument("--n-cases", type=int, default=None, help="cases to rate (default: all shared cases)")
     p.add_argument("--select", choices=["random", "stratified"], default="random",

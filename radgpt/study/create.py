@@ -3,7 +3,7 @@
 Input formats (JSON Lines, one record per line; field names can be overridden):
   references   radgpt records  {"id", "findings", "impression"}
                or clin-summ    {"idx", "inputs", "target"}          (detected from the first record)
-  predictions  {"id", "impression"}  ("idx" / "prediction" also accepted)
+  predictions  {"id", "impression"}  ("idx"; "prediction", "output", "generated", "text" also accepted)
 
 Randomness has two sources, on purpose: *which* cases, the blinding codes and every reader's case and
 candidate order follow the study seed (reproducible, auditable); the tokens in URLs come from `secrets`
@@ -128,7 +128,9 @@ def load_references(name: str, text: str, fields: Fields) -> dict[str, dict]:
 def load_predictions(name: str, text: str, fields: Fields) -> dict[str, str]:
     rows = read_jsonl(name, text)
     fid = _pick(name, rows[0], fields.pred_id, ("id", "idx"), "case id")
-    fimp = _pick(name, rows[0], fields.pred_impression, ("impression", "prediction"), "predicted impression")
+    # the same names `radgpt evaluate` accepts, so one predictions file serves both
+    fimp = _pick(name, rows[0], fields.pred_impression, ("impression", "prediction", "output", "generated", "text"),
+                 "predicted impression")
     out: dict[str, str] = {}
     for n, row in enumerate(rows, 1):
         if fid not in row or fimp not in row:
