@@ -345,3 +345,10 @@ def test_cli_help_lists_the_commands(capsys):
         main(["study", "--help"])
     out = capsys.readouterr().out
     assert all(cmd in out for cmd in ("create", "add-user", "serve", "analyze"))
+
+
+def test_csv_export_neutralises_formulas():
+    from radgpt.study.export import COLUMNS, to_csv
+
+    row = {c: None for c in COLUMNS} | {"reader": "alice", "comment": "=HYPERLINK(\"http://x\")"}
+    assert "'=HYPERLINK" in to_csv([row])

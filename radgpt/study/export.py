@@ -38,9 +38,17 @@ def rating_rows(s: Session, blinded: bool = False) -> list[dict]:
     return rows
 
 
+def _cell(value):
+    # A reader's comment starting with = + - @ would run as a formula when the admin opens the CSV in a
+    # spreadsheet (CSV injection); a leading apostrophe keeps it text.
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
 def to_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
     w.writeheader()
-    w.writerows(rows)
+    w.writerows({k: _cell(v) for k, v in row.items()} for row in rows)
     return buf.getvalue()
