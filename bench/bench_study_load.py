@@ -29,9 +29,9 @@ from sqlalchemy import func, select
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from radgpt.study.criteria import NAMES  # noqa: E402
-from radgpt.study.models import Rating, Slot, open_db  # noqa: E402
-from radgpt.study.synthetic import free_port, make_study, start_server  # noqa: E402
+from radgpt.study.criteria import NAMES
+from radgpt.study.models import Rating, Slot, open_db
+from radgpt.study.synthetic import free_port, make_study, start_server
 
 PASSWORD = "bench-password-123"
 

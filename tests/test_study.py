@@ -134,7 +134,7 @@ def test_clin_summ_references_and_field_overrides(tmp_path):
 # --- blinding in everything a reader can see ------------------------------------------------------
 
 def test_no_model_identity_in_reader_pages_or_api(study, client):
-    db, summary = study
+    db, _ = study
     csrf = login(client, "alice")
     forbidden = [*MODELS, "SYS-", ".jsonl", "reference"]
     seen = [client.get("/read?list").text]
@@ -150,7 +150,7 @@ def test_no_model_identity_in_reader_pages_or_api(study, client):
         seen.append(r.text)
     for text in seen:
         for word in forbidden:  # whole words: "preference" is fine, "reference" is not
-            assert not re.search(rf"\b{re.escape(word)}", text, re.I), f"reader-facing output contains {word!r}"
+            assert not re.search(rf"\b{re.escape(word)}", text, re.IGNORECASE), f"reader-facing output contains {word!r}"
     # the admin does see the key
     with TestClient(create_app(db)) as admin:
         login(admin, "admin")

@@ -152,7 +152,7 @@ def check_coverage(ref_name: str, refs: dict, preds: dict[str, tuple[str, dict]]
     ref_ids = set(refs)
     problems = []
     common = set(ref_ids)
-    for _model, (file, pred) in preds.items():
+    for file, pred in preds.values():
         ids = set(pred)
         common &= ids
         lacking, extra = ref_ids - ids, ids - ref_ids
