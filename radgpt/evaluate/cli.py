@@ -45,7 +45,8 @@ def _parse_pred(spec: str) -> tuple[str, Path]:
 
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                               TimeElapsedColumn)
     from rich.table import Table
 
     from radgpt.evaluate import io, report
@@ -67,12 +68,18 @@ def run(args: argparse.Namespace) -> int:
     resolve(metric_names)  # fail on a typo before any work
 
     err = Console(stderr=True)
-    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
-                  transient=True) as progress:
-        task = progress.add_task("evaluating", total=None)
+    # one step per (model, metric group), then CIs, tests, subgroups and the report
+    steps = len(resolve(metric_names)) * len(predictions) + 4
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=True) as progress:
+        task = progress.add_task("evaluating", total=steps)
+
+        def step(msg: str) -> None:
+            progress.update(task, description=msg, advance=1)
+
         result = compare(refs, predictions, metric_names, args.bootstrap, args.permutations, args.seed,
-                         progress=lambda msg: progress.update(task, description=msg))
-        progress.update(task, description="writing the report")
+                         progress=step)
+        step("writing the report")
         paths = report.write(result, args.out, html_report=not args.no_html)
 
     for msg in result["skipped"].values():

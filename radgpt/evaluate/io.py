@@ -8,8 +8,8 @@ The column convention (each overridable on the command line):
   predictions  id: as above (--id-field)
                text: `impression`, `prediction`, `output`, `generated`, `text` (--pred-field)
 
-The first listed field present in a file's first record is used for the whole file. When neither file
-has an id field, records are joined by line order and the files must have the same length. An empty or
+The first listed field present in a file's first record is used for the whole file. When both files
+have an id field, records are joined by id; otherwise by line order, and the files must have the same length. An empty or
 null prediction text is kept (it scores 0 and is counted); a missing field is an error.
 """
 

@@ -176,6 +176,8 @@ def _status(sentence: str, cues: list[tuple[int, int, str]], start: int, end: in
 def mentions(text: str) -> list[Mention]:
     """Every concept mention in `text`, with its status and character span."""
     lowered = text.lower()
+    if len(lowered) != len(text):  # a few characters lower-case to two ("İ"): keep spans aligned
+        lowered = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
     found: list[Mention] = []
     offset = 0
     for sentence in _SENTENCE.split(lowered):

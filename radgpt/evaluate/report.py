@@ -132,7 +132,7 @@ def plots(result: dict) -> dict[str, str]:
             vals = [s[m]["value"] for m in key]
             err = [[s[m]["value"] - s[m]["ci_low"] for m in key], [s[m]["ci_high"] - s[m]["value"] for m in key]]
             ax.bar(x + i * width - 0.4 + width / 2, vals, width, yerr=err, capsize=3, label=name)
-        ax.set_xticks(x, key)
+        ax.set_xticks(x, key, rotation=15)
         ax.set_ylabel("score (0–100), 95% CI")
         ax.legend(fontsize=8)
         out["Scores with 95% confidence intervals"] = _png(fig)
