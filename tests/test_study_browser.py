@@ -34,6 +34,7 @@ def ratings_in_db(db: str) -> int:
 def test_admin_creates_reader_rates_with_keyboard_and_reloads(tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=15_000)  # the CI machine may be busy; 5 s default is tight for 15 saves
     db = str(tmp_path / "study.db")
     engine, Session = open_db(db, create=True)
     with Session.begin() as s:
