@@ -5,8 +5,8 @@
 References: the first 1,000 pairs of clin-summ train.jsonl. Two prediction sets, so the paired tests run
 too: "self" (every other prediction is the reference, the rest another report's impression) and "normal"
 (the constant normal sentence). Times the whole CLI as a user runs it (a fresh process: imports, MiniLM
-load, metrics, 1,000 bootstrap resamples, 1,000 permutations per test, plots), then one model alone, and
-prints the per-stage breakdown of the one-model run.
+load, metrics, 1,000 bootstrap resamples, 1,000 permutations per test, plots) for "self" alone and for
+both models, 3 runs each, then prints the per-stage breakdown of one model in-process.
 """
 
 from __future__ import annotations

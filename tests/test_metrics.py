@@ -129,3 +129,7 @@ def test_embedding_similarity_with_the_packaged_minilm():
     assert out["bertscore_minilm"][0] == pytest.approx(100.0, abs=1e-3)
     assert out["embed_cosine"][1] < 80 and out["bertscore_minilm"][1] < 80
     assert out["embed_cosine"][2] == 0.0  # empty prediction
+    golden = metrics.compute(["No acute cardiopulmonary abnormality."], ["No acute cardiopulmonary process."],
+                             ["embedding"])["aggregate"]
+    assert golden["embed_cosine"] == pytest.approx(87.972, abs=0.05)
+    assert golden["bertscore_minilm"] == pytest.approx(87.860, abs=0.05)
