@@ -104,7 +104,10 @@ def test_consistency_flags():
     # a diagnosis the findings support by its sign is not a hallucination
     assert consistency_flags("Right lower lobe airspace opacity.", "Right lower lobe pneumonia.") == []
     assert consistency_flags("", "Pneumonia.") == []
-    assert all(set(f) == {"type", "observation", "message"} for f in consistency_flags(findings, "Pneumonia."))
+    flag = next(f for f in consistency_flags(findings, "Pneumothorax on the left.") if f["type"] == "contradicted")
+    assert flag["type"] == "contradicted" and flag["severity"] == "high"
+    assert findings[slice(*flag["findings_spans"][0])] == "pneumothorax"
+    assert flag["impression_spans"] == [[0, 12]]
 
 
 def test_negbio_agreement(shared_openi):

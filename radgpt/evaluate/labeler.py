@@ -256,37 +256,44 @@ _SUPPORTED_BY = {
 _NOT_REQUIRED_IN_IMPRESSION = {"No Finding", "Support Devices"}
 
 
+_SEVERITY = {"contradicted": "high", "unsupported": "medium", "omitted": "low"}
+
+
 def consistency_flags(findings: str, impression: str) -> list[dict]:
     """Disagreements between a report's findings and its (generated) impression, by CheXpert observation.
 
-    Each flag is {"type", "observation", "message"} with type one of:
-      "contradicted" — the impression asserts what the findings negate, or negates what they state;
-      "unsupported"  — the impression asserts a finding the findings never mention (a likely hallucination);
-      "omitted"      — the findings state a positive finding the impression does not mention.
-    Empty findings give no flags: there is nothing to check the impression against.
+    Each flag is {"type", "severity", "observation", "message", "findings_spans", "impression_spans"}:
+      "contradicted" (high)  — the impression asserts what the findings negate, or negates what they state;
+      "unsupported" (medium) — the impression asserts a finding the findings never mention (a likely
+                               hallucination), unless the findings state a sign of it (opacity → pneumonia);
+      "omitted" (low)        — the findings state a positive finding the impression does not mention.
+    The spans are [start, end) character offsets of that observation's mentions in each text, for
+    highlighting. Empty findings give no flags: there is nothing to check the impression against.
     """
     if not (findings or "").strip():
         return []
-    f, i = label(findings), label(impression or "")
+    f_mentions, i_mentions = mentions(findings), mentions(impression or "")
+    f, i = _aggregate(f_mentions, "chexpert"), _aggregate(i_mentions, "chexpert")
     flags = []
+
+    def flag(kind: str, obs: str, message: str) -> None:
+        flags.append({"type": kind, "severity": _SEVERITY[kind], "observation": obs, "message": message,
+                      "findings_spans": [[m.start, m.end] for m in f_mentions if m.chexpert == obs],
+                      "impression_spans": [[m.start, m.end] for m in i_mentions if m.chexpert == obs]})
+
     for obs in CHEXPERT:
         if obs == "No Finding":
             continue
         fs, is_ = f[obs], i[obs]
+        name = obs.lower()
         if is_ in (POSITIVE, UNCERTAIN) and fs == NEGATIVE:
-            flags.append({"type": "contradicted", "observation": obs,
-                          "message": f"impression states {obs.lower()} but the findings negate it"})
-        elif is_ == NEGATIVE and fs in (POSITIVE,):
-            flags.append({"type": "contradicted", "observation": obs,
-                          "message": f"impression negates {obs.lower()} but the findings state it"})
+            flag("contradicted", obs, f"impression states {name} but the findings negate it")
+        elif is_ == NEGATIVE and fs == POSITIVE:
+            flag("contradicted", obs, f"impression negates {name} but the findings state it")
         elif is_ in (POSITIVE, UNCERTAIN) and fs == NOT_MENTIONED and obs != "Support Devices":
-            support = _SUPPORTED_BY.get(obs, set())
-            if not any(f[s] in (POSITIVE, UNCERTAIN) for s in support):
-                flags.append({"type": "unsupported", "observation": obs,
-                              "message": f"impression states {obs.lower()}, which the findings never mention"})
+            if not any(f[s] in (POSITIVE, UNCERTAIN) for s in _SUPPORTED_BY.get(obs, ())):
+                flag("unsupported", obs, f"impression states {name}, which the findings never mention")
         elif fs == POSITIVE and is_ == NOT_MENTIONED and obs not in _NOT_REQUIRED_IN_IMPRESSION:
-            covered = any(i[o] in (POSITIVE, UNCERTAIN) and obs in _SUPPORTED_BY.get(o, set()) for o in CHEXPERT)
-            if not covered:
-                flags.append({"type": "omitted", "observation": obs,
-                              "message": f"findings state {obs.lower()}, which the impression omits"})
+            if not any(i[o] in (POSITIVE, UNCERTAIN) and obs in _SUPPORTED_BY.get(o, ()) for o in CHEXPERT):
+                flag("omitted", obs, f"findings state {name}, which the impression omits")
     return flags
