@@ -1,0 +1,145 @@
+"""The training loop on a tiny in-process Llama: it learns, it only touches the adapter, it saves and
+reloads exactly, it resumes to the same result, and bad input gets a clear error."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from radgpt.config import ConfigError, load_config
+from radgpt.errors import FatalError
+from radgpt.finetune import FinetuneConfig, build_model, finetune
+from tests.tiny_model import build_tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+
+
+def _cfg(tiny: Path, out: Path, *overrides: str) -> FinetuneConfig:
+    base = [f"model.base={tiny}", f"out={out}", "data.max_train_samples=48", "train.batch_size=8",
+            "train.micro_batch_size=4", "train.lr=5e-3", "train.save_every=0", "eval.generate=false",
+            "lora.target_modules=[q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj]", "lora.r=4",
+            "data.validate=data/openi/clin-summ/validate.jsonl", "data.cutoff_len=256"]
+    return load_config(FinetuneConfig, None, base + list(overrides))
+
+
+def test_loss_decreases_and_only_the_adapter_changes(tiny, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    before = {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(tiny).state_dict().items()}
+    cfg = _cfg(tiny, tmp_path / "run", "train.epochs=4", "train.lr=3e-2")
+    m = finetune(cfg, log=lambda *a: None)
+    rows = [json.loads(json.dumps(r)) for r in __import__("csv").DictReader(open(tmp_path / "run/train_log.csv"))]
+    losses = [float(r["loss"]) for r in rows]
+    assert all(map(lambda x: x == x and x < 50, losses))  # finite
+    assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.5, losses
+    assert m["val_loss"] < losses[0]
+    # base weights untouched on disk; the adapter holds LoRA A/B matrices that moved away from init (B=0)
+    after = AutoModelForCausalLM.from_pretrained(tiny).state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    from safetensors.torch import load_file
+
+    adapter = load_file(str(tmp_path / "run/adapter_model.safetensors"))
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)
+    for name in ("config.yaml", "prompt_template.json", "tokenizer.json", "train_log.csv", "loss.png",
+                 "val_metrics.json", "adapter_config.json"):
+        assert (tmp_path / "run" / name).exists(), name
+
+
+def test_adapter_reloads_to_identical_logits(tiny, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    cfg = _cfg(tiny, tmp_path / "run", "train.max_steps=3", "data.validate=")
+    finetune(cfg, log=lambda *a: None)
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3]])
+    # the trained model, rebuilt from the run folder the way impress/serve do
+    from radgpt.models import load_run
+
+    loaded = load_run(tmp_path / "run", merge=False)
+    reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny), tmp_path / "run").eval()
+    with torch.no_grad():
+        a = loaded.model(ids).logits
+        b = reloaded(ids).logits
+        base = AutoModelForCausalLM.from_pretrained(tiny).eval()(ids).logits
+    assert torch.allclose(a, b, atol=1e-6)
+    assert not torch.allclose(a, base, atol=1e-4)  # the adapter does something
+    assert loaded.template.name == "alpaca"
+
+
+def test_resume_reproduces_the_uninterrupted_run(tiny, tmp_path):
+    full = _cfg(tiny, tmp_path / "full", "train.max_steps=6", "train.save_every=3", "data.validate=")
+    m_full = finetune(full, log=lambda *a: None)
+    # the same run "killed" after its step-3 checkpoint: keep the folder as it was at that point
+    part = _cfg(tiny, tmp_path / "part", "train.max_steps=6", "train.save_every=3", "data.validate=")
+    finetune(part, log=lambda *a: None)
+    for f in (tmp_path / "part").glob("adapter_model.safetensors"):
+        f.unlink()  # lose everything after the checkpoint
+    shutil.rmtree(tmp_path / "part" / "checkpoints" / "step-000006", ignore_errors=True)
+    m_resumed = finetune(part, resume=True, log=lambda *a: None)
+    assert m_resumed["train_steps"] == 6
+    assert m_resumed["final_train_loss"] == pytest.approx(m_full["final_train_loss"], abs=1e-4)
+
+
+def test_every_shipped_config_parses_and_builds(tiny, tmp_path):
+    configs = sorted((REPO / "configs").glob("*.yaml"))
+    ft = [c for c in configs if not c.name.startswith("prepare")]
+    assert len(ft) >= 6
+    for path in ft:
+        first = path.read_text().splitlines()[0]
+        assert first.startswith("# radgpt finetune") or first.startswith("# accelerate"), path
+        cfg = load_config(FinetuneConfig, path, [f"model.base={tiny}", "model.quantization="])
+        # a tiny Llama has the same projection names as the 7B families
+        model = build_model(cfg, "cpu")
+        assert any(p.requires_grad for p in model.parameters()), path
+
+
+def test_bad_input_gets_clear_errors(tiny, tmp_path):
+    with pytest.raises(ConfigError, match="did you mean lora.r"):
+        load_config(FinetuneConfig, None, ["lora.rr=3"])
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"inputs": "a", "target": "b"}\n{oops\n')
+    with pytest.raises(FatalError, match=r"bad.jsonl:2: not valid JSON"):
+        finetune(_cfg(tiny, tmp_path / "r1", f"data.train={bad}"), log=lambda *a: None)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(FatalError, match="no examples"):
+        finetune(_cfg(tiny, tmp_path / "r2", f"data.train={empty}"), log=lambda *a: None)
+    with pytest.raises(FatalError, match="base model path not found"):
+        finetune(_cfg(tiny, tmp_path / "r3", "model.base=./no/such/model"), log=lambda *a: None)
+    with pytest.raises(FatalError, match="needs a CUDA GPU"):
+        finetune(_cfg(tiny, tmp_path / "r4", "model.quantization=4bit"), log=lambda *a: None)
+    with pytest.raises(FatalError, match="not in this model"):
+        finetune(_cfg(tiny, tmp_path / "r5", "lora.target_modules=[query_key_value]"), log=lambda *a: None)
+
+
+def test_long_examples_are_truncated_and_counted(tiny, tmp_path):
+    long = tmp_path / "long.jsonl"
+    long.write_text("".join(json.dumps({"inputs": "effusion " * 400, "target": "Effusion."}) + "\n" for _ in range(8)))
+    m = finetune(_cfg(tiny, tmp_path / "r", f"data.train={long}", "data.validate=", "train.max_steps=1",
+                      "data.cutoff_len=64"), log=lambda *a: None)
+    assert m["truncated_train"] == 8
+
+
+def test_data_parallel_run_matches_single_process(tiny, tmp_path):
+    """Two CPU processes (DDP over gloo, via torchrun) reach the single-process loss."""
+    args = [f"model.base={tiny}", "data.max_train_samples=32", "train.batch_size=8", "train.micro_batch_size=2",
+            "train.max_steps=3", "train.save_every=0", "data.validate=", "lora.r=4", "train.lr=5e-3",
+            "lora.dropout=0"]  # dropout masks would differ between one process and two
+    single = finetune(load_config(FinetuneConfig, None, args + [f"out={tmp_path / 's'}"]), log=lambda *a: None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
+           "-m", "radgpt", "finetune", *args, f"out={tmp_path / 'd'}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = list(__import__("csv").DictReader(open(tmp_path / "d/train_log.csv")))
+    assert float(rows[-1]["loss"]) == pytest.approx(single["final_train_loss"], abs=2e-3)
+    assert (tmp_path / "d/adapter_model.safetensors").exists()
