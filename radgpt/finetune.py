@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import csv
 import ctypes
+import functools
 import json
 import math
 import os
@@ -492,7 +493,7 @@ def run(args: argparse.Namespace) -> int:
         raise FatalError(f"expected key=value overrides, got {bad}")
     cfg = load_config(FinetuneConfig, args.config, args.inputs)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    finetune(cfg, resume=args.resume)
+    finetune(cfg, resume=args.resume, log=functools.partial(print, flush=True))
     return 0
 
 
