@@ -197,18 +197,18 @@ def load_run(run_dir: str | Path, device: str = "cpu", merge: bool = True) -> Lo
     cfg = yaml.safe_load(cfg_path.read_text()) or {}
     base = cfg.get("model", {}).get("base", DEFAULT_BASE)
     template = PromptTemplate.load(run)
-    tok = load_tokenizer(base)
-    model = load_base_model(base, device=device)
+    quiet_transformers()
     adapter = None
     if (run / ADAPTER_CONFIG).exists():
-        model = PeftModel.from_pretrained(model, str(run))
+        tok = load_tokenizer(base)
+        model = PeftModel.from_pretrained(load_base_model(base, device=device), str(run))
         adapter = str(run)
         if merge:
             model = model.merge_and_unload()
-    elif (run / "model.safetensors").exists() or (run / "pytorch_model.bin").exists():
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_pretrained(str(run))  # a full fine-tune saves the whole model
+    elif (run / "model.safetensors").exists() or (run / "model.safetensors.index.json").exists():
+        # a merged model or a full fine-tune: the folder is the whole model
+        tok = load_tokenizer(str(run))
+        model = load_base_model(str(run), device=device)
     else:
         raise FatalError(f"{run}: no adapter (adapter_config.json) or model weights in the run folder")
     model.eval()

@@ -143,3 +143,32 @@ def test_data_parallel_run_matches_single_process(tiny, tmp_path):
     rows = list(__import__("csv").DictReader(open(tmp_path / "d/train_log.csv")))
     assert float(rows[-1]["loss"]) == pytest.approx(single["final_train_loss"], abs=2e-3)
     assert (tmp_path / "d/adapter_model.safetensors").exists()
+
+
+def test_merge_gives_a_plain_model_with_the_same_logits(tiny, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from radgpt.cli import main
+    from radgpt.models import load_run
+
+    finetune(_cfg(tiny, tmp_path / "run", "train.max_steps=2", "data.validate="), log=lambda *a: None)
+    assert main(["merge", str(tmp_path / "run"), "--out", str(tmp_path / "merged")]) == 0
+    ids = torch.tensor([[5, 17, 42, 99]])
+    with torch.no_grad():
+        adapter = load_run(tmp_path / "run", merge=False).model(ids).logits
+        plain = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()(ids).logits
+        as_run = load_run(tmp_path / "merged").model(ids).logits
+    assert torch.allclose(adapter, plain, atol=1e-5) and torch.allclose(plain, as_run)
+    assert (tmp_path / "merged/prompt_template.json").exists()
+    assert main(["merge", str(tmp_path / "nope"), "--out", str(tmp_path / "m2")]) == 2
+
+
+def test_full_finetune_saves_a_whole_model_that_reloads(tiny, tmp_path):
+    from radgpt.models import load_run
+
+    m = finetune(_cfg(tiny, tmp_path / "run", "lora.method=full", "train.max_steps=2", "data.validate="),
+                 log=lambda *a: None)
+    assert m["trainable_params"] > 40_000  # every weight trains
+    assert (tmp_path / "run/model.safetensors").exists() and not (tmp_path / "run/adapter_config.json").exists()
+    loaded = load_run(tmp_path / "run")
+    assert loaded.adapter is None and loaded.template.name == "alpaca"
