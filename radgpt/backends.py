@@ -1,0 +1,376 @@
+"""Text-generation engines behind one interface: prompts in, generations out, optional token streaming.
+
+    TransformersBackend   the run folder's base + PEFT adapter (merged), CPU or GPU
+    CT2Backend            a `radgpt export` folder: CTranslate2, int8 on CPU (the fast backend, measured
+                          in bench/bench_impress.py against transformers on the same prompts)
+    OpenAIBackend         any OpenAI-compatible endpoint (vLLM --lora-modules, llama.cpp server, Ollama,
+                          `radgpt serve` itself, a cloud API the user is allowed to send reports to)
+
+`generate(prompts, decoding, max_tokens=None, on_delta=None, should_stop=None)` returns one `Generation`
+per prompt, in order. `on_delta(i, text)` receives the new text of prompt i as it is decoded (with beam
+search, the whole text once at the end); `should_stop(i)` lets a caller cancel one row of a batch
+(a client that went away, a request past its deadline). `max_tokens[i]` caps row i below
+`decoding.max_new_tokens`, so requests with different limits still share one batch.
+Backends are not thread-safe: the server gives each its own worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from radgpt.errors import FatalError
+from radgpt.generate import Decoding
+
+OnDelta = Callable[[int, str], None] | None
+ShouldStop = Callable[[int], bool] | None
+
+
+@dataclass
+class Generation:
+    text: str
+    finish_reason: str  # "stop" (end token) | "length" (hit max tokens) | "cancelled"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class _Detok:
+    """Incremental detokenisation: decode the ids so far, emit what was added (byte-level BPE safe)."""
+
+    def __init__(self, tokenizer):
+        self.tok = tokenizer
+        self.ids: list[int] = []
+        self.text = ""
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = self.tok.decode(self.ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
+            return ""
+        delta, self.text = text[len(self.text):], text
+        return delta
+
+
+def _limits(n: int, decoding: Decoding, max_tokens: list[int] | None) -> list[int]:
+    return [min(decoding.max_new_tokens, m) if m else decoding.max_new_tokens for m in (max_tokens or [0] * n)]
+
+
+class Backend:
+    name = "backend"
+    tokenizer = None
+
+    def generate(self, prompts: list[str], decoding: Decoding, max_tokens: list[int] | None = None,
+                 on_delta: OnDelta = None, should_stop: ShouldStop = None) -> list[Generation]:
+        raise NotImplementedError
+
+    def count_tokens(self, text: str) -> int:
+        if self.tokenizer is None:
+            return len(text.split())
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def info(self) -> dict:
+        return {"backend": self.name}
+
+
+# ---------------------------------------------------------------------------------------- transformers
+class TransformersBackend(Backend):
+    name = "transformers"
+
+    def __init__(self, run_dir: str | Path, device: str = "cpu", dtype: str = "fp32", threads: int = 0):
+        import torch
+
+        from radgpt.models import load_run, pick_dtype
+
+        if threads:
+            torch.set_num_threads(threads)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        import warnings
+
+        with warnings.catch_warnings():  # peft/transformers deprecation chatter on every load
+            warnings.simplefilter("ignore", FutureWarning)
+            loaded = load_run(run_dir, device=device, merge=True)
+        self.model, self.tokenizer = loaded.model, loaded.tokenizer
+        self.model.config.use_cache = True
+        self.device = device
+        dt = pick_dtype(dtype, device)
+        self.autocast = None if dt == torch.float32 else dt
+        self.loaded = loaded
+
+    def generate(self, prompts, decoding, max_tokens=None, on_delta=None, should_stop=None):
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+        from transformers.generation.streamers import BaseStreamer
+
+        if not prompts:
+            return []
+        tok = self.tokenizer
+        eos = tok.eos_token_id
+        pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+        limits = _limits(len(prompts), decoding, max_tokens)
+        enc = tok(prompts, add_special_tokens=False)["input_ids"]
+        width = max(map(len, enc))
+        ids = torch.full((len(enc), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(enc), width), dtype=torch.long)
+        for row, e in enumerate(enc):  # left padding: every prompt ends where generation starts
+            ids[row, width - len(e):] = torch.tensor(e, dtype=torch.long)
+            mask[row, width - len(e):] = 1
+        n = len(prompts)
+        detok = [_Detok(tok) for _ in range(n)]
+        done = [False] * n
+        reason = ["length"] * n
+        stream = on_delta is not None and decoding.num_beams == 1
+
+        class Streamer(BaseStreamer):  # transformers' own streamers handle batch size 1 only
+            first = True
+
+            def put(self, value):
+                if self.first:  # the prompt
+                    self.first = False
+                    return
+                for i, t in enumerate(value.view(-1).tolist()):
+                    if done[i]:
+                        continue
+                    if t == eos:
+                        done[i], reason[i] = True, "stop"
+                        continue
+                    delta = detok[i].push(t)
+                    if len(detok[i].ids) >= limits[i]:
+                        done[i] = True
+                    if delta:
+                        on_delta(i, delta)
+
+            def end(self):
+                pass
+
+        class Stop(StoppingCriteria):  # per-row: its own token limit, or cancelled by the caller
+            def __call__(self, input_ids, scores, **kw):
+                out = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+                if decoding.num_beams != 1:
+                    return out
+                for i in range(n):
+                    if not done[i] and should_stop is not None and should_stop(i):
+                        done[i], reason[i] = True, "cancelled"
+                    out[i] = done[i]
+                return out
+
+        kwargs = dict(max_new_tokens=max(limits), num_beams=decoding.num_beams, do_sample=decoding.do_sample,
+                      eos_token_id=eos, pad_token_id=pad, repetition_penalty=decoding.repetition_penalty)
+        if decoding.do_sample:
+            kwargs.update(temperature=decoding.temperature, top_p=decoding.top_p, top_k=decoding.top_k)
+        if decoding.num_beams == 1:
+            kwargs.update(streamer=Streamer(), stopping_criteria=StoppingCriteriaList([Stop()]))
+        with torch.inference_mode(), torch.autocast(self.model.device.type, dtype=self.autocast,
+                                                    enabled=self.autocast is not None):
+            gen = self.model.generate(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),
+                                      **kwargs)
+        out = []
+        for i in range(n):
+            new = gen[i, width:].tolist()
+            if eos in new:
+                new, reason[i] = new[: new.index(eos)], ("stop" if reason[i] != "cancelled" else "cancelled")
+            new = [t for t in new if t != pad][: limits[i]]
+            text = tok.decode(new, skip_special_tokens=True)
+            if on_delta is not None and not stream:
+                on_delta(i, text)
+            elif on_delta is not None and text.startswith(detok[i].text) and len(text) > len(detok[i].text):
+                on_delta(i, text[len(detok[i].text):])  # a tail held back as incomplete UTF-8
+            out.append(Generation(text.strip(), reason[i], len(enc[i]), len(new)))
+        return out
+
+    def info(self):
+        return {"backend": self.name, "device": self.device, "autocast": str(self.autocast or "fp32")}
+
+
+# ---------------------------------------------------------------------------------------- CTranslate2
+EXPORT_INFO = "radgpt_export.json"
+
+
+class CT2Backend(Backend):
+    """A CTranslate2 model folder written by `radgpt export` (model.bin + tokenizer + template)."""
+
+    name = "ctranslate2"
+    max_batch = 64
+
+    def __init__(self, folder: str | Path, device: str = "cpu", compute_type: str = "auto", threads: int = 0):
+        import ctranslate2
+        from transformers import AutoTokenizer
+
+        from radgpt.models import quiet_transformers
+
+        folder = Path(folder)
+        if not (folder / "model.bin").exists():
+            raise FatalError(f"{folder}: not a CTranslate2 model folder (no model.bin); make one with radgpt export")
+        quiet_transformers()
+        self.folder = folder
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        if device == "auto":
+            device = "cuda" if ctranslate2.get_cuda_device_count() else "cpu"
+        self.device = device
+        self.generator = ctranslate2.Generator(str(folder), device=device, compute_type=compute_type,
+                                               intra_threads=threads or (os.cpu_count() or 1))
+        self.compute_type = self.generator.compute_type
+        self.eos = self.tokenizer.eos_token
+        self.eos_id = self.tokenizer.eos_token_id
+        self._static: tuple[str, list[str]] | None = None
+
+    def set_static_prefix(self, prefix: str) -> None:
+        """The text every prompt starts with (the template up to the findings): its KV state is computed
+        once and cached by CTranslate2. Used only if tokenising prefix and rest separately gives the same
+        tokens as tokenising the whole (true at a newline boundary for byte-level BPE)."""
+        probe = prefix + "Findings: heart size normal."
+        ids = self.tokenizer(probe, add_special_tokens=False)["input_ids"]
+        p_ids = self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
+        if prefix and ids[: len(p_ids)] == p_ids:
+            self._static = (prefix, self.tokenizer.convert_ids_to_tokens(p_ids))
+
+    def _tokens(self, prompt: str) -> tuple[list[str] | None, list[str]]:
+        if self._static and prompt.startswith(self._static[0]):
+            rest = prompt[len(self._static[0]):]
+            ids = self.tokenizer(rest, add_special_tokens=False)["input_ids"]
+            return self._static[1], self.tokenizer.convert_ids_to_tokens(ids)
+        ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        return None, self.tokenizer.convert_ids_to_tokens(ids)
+
+    def generate(self, prompts, decoding, max_tokens=None, on_delta=None, should_stop=None):
+        if not prompts:
+            return []
+        limits = _limits(len(prompts), decoding, max_tokens)
+        toks = [self._tokens(p) for p in prompts]
+        # one static prefix per call: rows that do not share it go in their own call
+        groups: dict[tuple, list[int]] = {}
+        for i, (static, _) in enumerate(toks):
+            groups.setdefault(tuple(static) if static else (), []).append(i)
+        out: list[Generation | None] = [None] * len(prompts)
+        for static, rows in groups.items():
+            # similar lengths together (CTranslate2 forwards only the shortest prompt's length at once)
+            rows = sorted(rows, key=lambda i: len(toks[i][1]))
+            for s in range(0, len(rows), self.max_batch):
+                chunk = rows[s:s + self.max_batch]
+                self._run(chunk, list(static) or None, [toks[i][1] for i in chunk], limits, decoding, on_delta,
+                          should_stop, out)
+        return out  # type: ignore[return-value]
+
+    def _run(self, rows, static, starts, limits, decoding, on_delta, should_stop, out):
+        n_static = len(static or [])
+        detok = {i: _Detok(self.tokenizer) for i in rows}
+        cancelled = set()
+        stream = decoding.num_beams == 1 and (on_delta is not None or should_stop is not None or
+                                              len(set(limits[i] for i in rows)) > 1)
+
+        eos_id = self.eos_id
+        # the callback must not reference self: CTranslate2 may drop it on its own worker thread, and the
+        # last reference to the Generator going away there aborts the process ("Resource deadlock avoided")
+
+        def callback(step) -> bool:
+            i = rows[step.batch_id]
+            if step.token_id == eos_id:
+                return False
+            if should_stop is not None and should_stop(i):
+                cancelled.add(i)
+                return True
+            d = detok[i].push(step.token_id)
+            if d and on_delta is not None:
+                on_delta(i, d)
+            return len(detok[i].ids) >= limits[i]
+
+        kwargs = dict(max_length=max(limits[i] for i in rows), include_prompt_in_result=False, end_token=self.eos,
+                      beam_size=decoding.num_beams, repetition_penalty=decoding.repetition_penalty,
+                      static_prompt=static)
+        if decoding.do_sample:
+            kwargs.update(sampling_topk=decoding.top_k, sampling_topp=decoding.top_p,
+                          sampling_temperature=decoding.temperature)
+        if stream:
+            kwargs["callback"] = callback
+        results = self.generator.generate_batch(starts, **kwargs)
+        for i, r in zip(rows, results):
+            ids = [t for t in r.sequences_ids[0] if t != self.eos_id][: limits[i]]
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            if on_delta is not None:
+                if not stream:
+                    on_delta(i, text)
+                elif text.startswith(detok[i].text) and len(text) > len(detok[i].text):
+                    on_delta(i, text[len(detok[i].text):])
+            reason = "cancelled" if i in cancelled else ("length" if len(ids) >= limits[i] else "stop")
+            out[i] = Generation(text.strip(), reason, n_static + len(starts[rows.index(i)]), len(ids))
+
+    def info(self):
+        meta = {}
+        if (self.folder / EXPORT_INFO).exists():
+            meta = json.loads((self.folder / EXPORT_INFO).read_text())
+        return {"backend": self.name, "device": self.device, "compute_type": self.compute_type,
+                "export": str(self.folder), "quantization": meta.get("quantization")}
+
+
+# ---------------------------------------------------------------------------------------- OpenAI-compatible
+class OpenAIBackend(Backend):
+    """POST /v1/completions (default: the prompt exactly as the run's template renders it — right for
+    vLLM/llama.cpp serving the radgpt adapter) or /v1/chat/completions (`chat=True`, for general chat LLMs).
+    Rows of a batch go out as concurrent requests; the endpoint batches them itself."""
+
+    name = "openai"
+
+    def __init__(self, base_url: str, model: str, api_key: str | None = None, chat: bool = False,
+                 timeout: float = 120.0, concurrency: int = 8):
+        import httpx
+
+        self.base_url = base_url.rstrip("/")
+        if not self.base_url.endswith("/v1"):
+            self.base_url += "/v1"
+        self.model, self.chat, self.concurrency = model, chat, concurrency
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.client = httpx.Client(timeout=timeout, headers=headers, trust_env=False)
+
+    def _one(self, i, prompt, decoding, limit, on_delta, should_stop) -> Generation:
+        body = {"model": self.model, "max_tokens": limit, "stream": True,
+                "temperature": decoding.temperature if decoding.do_sample else 0.0,
+                "top_p": decoding.top_p if decoding.do_sample else 1.0}
+        if self.chat:
+            url, body["messages"] = f"{self.base_url}/chat/completions", [{"role": "user", "content": prompt}]
+        else:
+            url, body["prompt"] = f"{self.base_url}/completions", prompt
+        text, reason, usage = "", "stop", {}
+        import httpx
+
+        try:
+            with self.client.stream("POST", url, json=body) as r:
+                if r.status_code != 200:
+                    r.read()
+                    raise FatalError(f"{url}: HTTP {r.status_code}: {r.text[:300]}")
+                for line in r.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    chunk = json.loads(data)
+                    usage = chunk.get("usage") or usage
+                    for ch in chunk.get("choices", []):
+                        d = ch.get("text") if not self.chat else (ch.get("delta") or {}).get("content")
+                        if d:
+                            text += d
+                            if on_delta is not None:
+                                on_delta(i, d)
+                        reason = ch.get("finish_reason") or reason
+                    if should_stop is not None and should_stop(i):
+                        reason = "cancelled"
+                        break
+        except httpx.HTTPError as e:
+            raise FatalError(f"{url}: {type(e).__name__}: {e}") from None
+        return Generation(text.strip(), reason, usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0))
+
+    def generate(self, prompts, decoding, max_tokens=None, on_delta=None, should_stop=None):
+        from concurrent.futures import ThreadPoolExecutor
+
+        limits = _limits(len(prompts), decoding, max_tokens)
+        with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(prompts)))) as pool:
+            futs = [pool.submit(self._one, i, p, decoding, limits[i], on_delta, should_stop)
+                    for i, p in enumerate(prompts)]
+            return [f.result() for f in futs]
+
+    def info(self):
+        return {"backend": self.name, "endpoint": self.base_url, "endpoint_model": self.model,
+                "api": "chat" if self.chat else "completions"}

@@ -1,0 +1,234 @@
+"""`radgpt impress` and the model interface: input readers (bad lines named by file:line, the rest
+processed), baselines, both generation backends on a tiny run, streaming, stop strings, provenance."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from radgpt.backends import Backend, Generation
+from radgpt.baselines import NORMAL_SENTENCE, last_sentence, load_baseline
+from radgpt.cli import main
+from radgpt.generate import PRESETS, Decoding
+from radgpt.impress import STOP_STRINGS, LMModel, Record, load_model, read_inputs
+from radgpt.prompts import PromptTemplate
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = REPO / "data/openi/clin-summ/train.jsonl"
+FINDINGS = "The heart is normal in size. The lungs are clear. No pleural effusion or pneumothorax."
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A 2-layer Llama fine-tuned for one step with 2 retrieved examples per prompt: a real run folder."""
+    from radgpt.config import load_config
+    from radgpt.finetune import FinetuneConfig, finetune
+    from tests.tiny_model import build_tiny_model
+
+    root = tmp_path_factory.mktemp("impress")
+    tiny = build_tiny_model(root / "tiny")
+    val = root / "val.jsonl"
+    val.write_text("".join(TRAIN.read_text().splitlines(keepends=True)[500:504]))
+    cfg = load_config(FinetuneConfig, None, [
+        f"model.base={tiny}", f"out={root / 'run'}", f"data.train={TRAIN}", f"data.validate={val}",
+        "data.max_train_samples=40", "data.retrieval_k=2", "train.batch_size=8", "train.micro_batch_size=4",
+        "train.max_steps=1", "train.save_every=0", "eval.generate=false", "lora.r=4"])
+    finetune(cfg, log=lambda *a: None)
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tiny_run, tmp_path_factory) -> Path:
+    from radgpt.export import export_run
+
+    return export_run(tiny_run, tmp_path_factory.mktemp("export") / "ct2", log=lambda *a: None)
+
+
+# ---------------------------------------------------------------------------------------- input readers
+def _collect(tmp_path, name, data: bytes, **kw):
+    p = tmp_path / name
+    p.write_bytes(data)
+    return list(read_inputs([str(p)], kw.get("fmt", "auto"), kw.get("field"), kw.get("column"), None))
+
+
+def test_jsonl_bad_lines_are_named_and_the_rest_kept(tmp_path):
+    lines = [json.dumps({"id": "a", "findings": FINDINGS}), "{not json", json.dumps({"id": "b"}),
+             json.dumps({"id": "c", "findings": 5}), json.dumps({"id": "d", "findings": "   "}), "",
+             json.dumps([1, 2]), json.dumps({"idx": 7, "inputs": "Lungs clear."})]
+    data = "\n".join(lines).encode() + b"\n" + b'{"findings": "bad \xff byte"}\n'
+    got = _collect(tmp_path, "in.jsonl", data)
+    good = [r for r in got if isinstance(r, Record)]
+    bad = [r for r in got if not isinstance(r, Record)]
+    assert [(r.id, r.findings) for r in good] == [("a", FINDINGS), ("7", "Lungs clear.")]
+    where = {b.where.rsplit(":", 1)[1]: b.message for b in bad}
+    assert set(where) == {"2", "3", "4", "5", "7", "9"}
+    assert "invalid JSON" in where["2"] and "no findings field" in where["3"] and "must be text" in where["4"]
+    assert where["5"] == "empty findings" and "JSON object" in where["7"] and "UTF-8" in where["9"]
+
+
+def test_txt_and_csv_inputs(tmp_path):
+    got = _collect(tmp_path, "f.txt", b"Heart normal.\n\n   \nLungs clear.\n\xff\xfe\n")
+    assert [r.findings for r in got if isinstance(r, Record)] == ["Heart normal.", "Lungs clear."]
+    assert [r.where.endswith(":5") for r in got if not isinstance(r, Record)] == [True]
+    csv = b'uid,findings,impression\n1,"Heart normal, lungs clear.",x\n2,,y\n3,"Multi\nline",z\n'
+    got = _collect(tmp_path, "r.csv", csv)
+    assert [(r.id, r.findings) for r in got if isinstance(r, Record)] == [("1", "Heart normal, lungs clear."),
+                                                                          ("3", "Multi\nline")]
+    assert [b.message for b in got if not isinstance(b, Record)] == ["empty findings"]
+    from radgpt.errors import FatalError
+
+    with pytest.raises(FatalError, match="no column 'report'"):
+        _collect(tmp_path, "r2.csv", csv, column="report")
+
+
+def test_arguments_and_missing_file():
+    from radgpt.errors import FatalError
+
+    got = list(read_inputs(["Heart normal.", "  "], "auto", None, None, None))
+    assert isinstance(got[0], Record) and got[0].findings == "Heart normal." and got[1].message == "empty findings"
+    with pytest.raises(FatalError, match="file not found"):
+        list(read_inputs(["missing.jsonl"], "auto", None, None, None))
+
+
+# ---------------------------------------------------------------------------------------- baselines
+def test_baselines_share_the_model_interface():
+    assert last_sentence("Heart normal. Lungs clear.  No effusion.") == "No effusion."
+    normal = load_baseline("normal")
+    nearest = load_baseline("nearest", cases=str(TRAIN))
+    last = load_baseline("last-sentence", cases=str(TRAIN))
+    rows = [json.loads(x) for x in TRAIN.read_text().splitlines()[:3]]
+    res = nearest.impress([r["inputs"] for r in rows], similar=2)
+    # a training case's nearest neighbour is itself: its impression comes back, and it is the top similar case
+    assert [x.impression for x in res] == [r["target"] for r in rows]
+    assert [x.similar_cases[0].id for x in res] == [str(r["idx"]) for r in rows]
+    assert normal.impress([FINDINGS])[0].impression == NORMAL_SENTENCE
+    assert last.impress([FINDINGS])[0].impression == "No pleural effusion or pneumothorax."
+    assert len(last.impress([FINDINGS], similar=3)[0].similar_cases) == 3
+    assert nearest.provenance()["kind"] == "baseline"
+
+
+def test_cli_batch_with_a_bad_line_processes_the_rest(tmp_path, capsys):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"id": "x1", "findings": FINDINGS}) + "\n{oops\n" +
+                   json.dumps({"id": "x2", "findings": "Cardiomegaly. Small left effusion."}) + "\n")
+    out = tmp_path / "out.jsonl"
+    rc = main(["impress", str(inp), "--model", "baseline:nearest", "--out", str(out), "--with-findings"])
+    err = capsys.readouterr().err
+    assert rc == 1 and f"{inp}:2: invalid JSON" in err and "1 bad line" in err
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["id"] for r in recs] == ["x1", "x2"]
+    r = recs[0]
+    assert r["findings"] == FINDINGS and r["impression"]
+    assert len(r["similar_cases"]) == 3 and r["retrieved_case_ids"] == [c["id"] for c in r["similar_cases"]]
+    assert r["provenance"]["model"] == "baseline:nearest" and r["provenance"]["preset"] == "greedy"
+    assert r["provenance"]["decoding"]["num_beams"] == 1 and "time" in r
+
+
+def test_cli_all_bad_is_fatal(tmp_path, capsys):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"findings": ""}\n')
+    assert main(["impress", str(inp), "--model", "baseline:normal"]) == 2
+    assert "no usable findings" in capsys.readouterr().err
+
+
+def test_cli_stdin(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"Heart normal. Lungs clear.\n")))
+    assert main(["impress", "-", "--model", "baseline:last-sentence", "--format", "jsonl"]) == 0
+    rec = json.loads(capsys.readouterr().out)
+    assert rec["impression"] == "Lungs clear." and rec["id"] == "<stdin>:1"
+
+
+# ---------------------------------------------------------------------------------------- LM models
+class ScriptedBackend(Backend):
+    """Emits a fixed text token by token (words), like a model that runs on past the impression."""
+
+    name = "scripted"
+
+    def __init__(self, text):
+        self.text = text
+
+    def generate(self, prompts, decoding, max_tokens=None, on_delta=None, should_stop=None):
+        out = []
+        for i, _ in enumerate(prompts):
+            pieces = [w + " " for w in self.text.split(" ")]
+            pieces[-1] = pieces[-1][:-1]
+            text, n = "", 0
+            for p in pieces:
+                if should_stop is not None and should_stop(i):
+                    break
+                text += p
+                n += 1
+                if on_delta:
+                    on_delta(i, p)
+            out.append(Generation(text.strip(), "length", 10, n))
+        return out
+
+
+def test_stop_strings_cut_runaway_output_and_streaming_never_shows_them():
+    model = LMModel(ScriptedBackend("  No acute disease.\n### Instruction: more\nFindings: x"),
+                    PromptTemplate.load("alpaca"), "Derive the impression", "scripted")
+    got = []
+    res = model.generate(["p"], PRESETS["greedy"], on_delta=lambda i, d: got.append(d))
+    assert res[0].text == "No acute disease." and res[0].finish_reason == "stop"
+    assert "".join(got) == "No acute disease."
+    assert res[0].completion_tokens < 6  # generation was stopped at the stop string
+    raw = model.generate(["p"], PRESETS["greedy"], stops=[()])[0]
+    assert "Findings: x" in raw.text
+    assert "\n###" in STOP_STRINGS
+
+
+@pytest.mark.parametrize("kind", ["transformers", "ct2"])
+def test_backends_on_the_tiny_run(kind, tiny_run, tiny_export):
+    spec = str(tiny_run) if kind == "transformers" else str(tiny_export)
+    model = load_model(spec, backend="transformers" if kind == "transformers" else "auto")
+    assert model.backend.name == ("transformers" if kind == "transformers" else "ctranslate2")
+    assert model.shots == 2 and model.index is not None  # the run was trained with 2 retrieved examples
+    dec = Decoding(max_new_tokens=6)
+    streamed = {0: "", 1: ""}
+
+    def on_delta(i, d):
+        streamed[i] += d
+
+    findings = [FINDINGS, "Cardiomegaly with small bilateral effusions."]
+    res = model.impress(findings, dec, similar=3, on_delta=on_delta)
+    assert len(res) == 2
+    for i, r in enumerate(res):
+        assert r.completion_tokens <= 6 and streamed[i] == r.impression
+        assert len(r.similar_cases) == 3 and len(r.shot_ids) == 2
+        assert r.shot_ids == [c.id for c in reversed(r.similar_cases[:2])]  # most similar last, as in training
+    again = model.impress(findings, dec)
+    assert [r.impression for r in again] == [r.impression for r in res]  # greedy is deterministic
+    prompts, _, _ = model.prepare(findings)
+    assert prompts[0].startswith(model.static_prefix) and "Similar prior reports:" in prompts[0]
+    prov = model.provenance()
+    assert prov["adapter_sha256"] and len(prov["adapter_sha256"]) == 64 and prov["prompt_template"] == "alpaca"
+    # per-row token limits inside one batch
+    lim = model.generate(prompts, dec, max_tokens=[2, 5])
+    assert lim[0].completion_tokens <= 2 and lim[1].completion_tokens <= 5
+
+
+def test_paper_demo_preset_runs_beam_search(tiny_export):
+    model = load_model(str(tiny_export))
+    res = model.impress([FINDINGS], PRESETS["paper-demo"].__class__(**{**PRESETS["paper-demo"].to_dict(),
+                                                                        "max_new_tokens": 5}))
+    assert res[0].completion_tokens <= 5
+
+
+def test_cli_on_the_tiny_run_writes_provenance(tiny_run, tmp_path, capsys):
+    out = tmp_path / "o.jsonl"
+    inp = tmp_path / "f.txt"
+    inp.write_text(FINDINGS + "\nLungs clear.\n")
+    rc = main(["impress", str(inp), "--model", str(tiny_run), "--backend", "transformers",
+               "--max-new-tokens", "4", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    recs = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["id"] for r in recs] == ["f.txt:1", "f.txt:2"]
+    p = recs[0]["provenance"]
+    assert p["backend"] == "transformers" and p["model_path"] == str(tiny_run) and p["shots"] == 2
+    assert p["decoding"]["max_new_tokens"] == 4 and len(recs[0]["shot_case_ids"]) == 2
+    assert main(["impress", "x", "--model", str(tmp_path / "nope")]) == 2
+    assert "model folder not found" in capsys.readouterr().err
