@@ -1,0 +1,101 @@
+"""Playwright + Debian Chromium against `radgpt serve` (the tiny CTranslate2 export): with the keyboard
+alone, paste findings, watch the impression stream in, see similar prior cases, copy the result."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.test_impress import tiny_export, tiny_run  # noqa: F401 — session fixtures
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+CHROMIUM = shutil.which("chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run"]
+FINDINGS = ("The heart is mildly enlarged. There is a small left pleural effusion. "
+            "No pneumothorax. Degenerative changes of the spine.")
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow,
+              pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium not installed")]
+
+
+def start(model: Path, port: int, audit: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "radgpt", "serve", "--model", str(model), "--name", "tiny",
+                             "--port", str(port), "--audit-log", str(audit), "--threads", "1"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"server did not start: {proc.stderr.read().decode()[-2000:]}")
+
+
+def test_clinician_page_keyboard_only(tiny_export, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    from radgpt.study.synthetic import free_port
+
+    expect.set_options(timeout=20_000)
+    port = free_port()
+    server = start(tiny_export, port, tmp_path / "audit.jsonl")
+    ARTIFACTS.mkdir(exist_ok=True)
+    errors: list[str] = []
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page(viewport={"width": 1000, "height": 1100})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.goto(f"http://127.0.0.1:{port}/")
+            expect(page.locator("#status")).to_have_text("Ready.")
+            expect(page.locator("#model option")).to_have_count(1)
+            # count how often the impression changes while it is written: streamed, not set once
+            page.evaluate("""() => { window.__changes = 0;
+                new MutationObserver(() => window.__changes++).observe(document.getElementById('impression'),
+                    {childList: true, characterData: true, subtree: true}); }""")
+            for _ in range(8):  # keyboard only: Tab to the findings box
+                page.keyboard.press("Tab")
+                if page.evaluate("document.activeElement.id") == "findings":
+                    break
+            assert page.evaluate("document.activeElement.id") == "findings"
+            page.keyboard.insert_text(FINDINGS)  # what a paste does
+            page.keyboard.press("Control+Enter")
+            expect(page.locator("#status")).to_contain_text("Done.")
+            impression = page.inner_text("#impression").strip()
+            assert impression
+            assert page.evaluate("window.__changes") > 2, "the impression was not streamed"
+            expect(page.locator("#similar li")).to_have_count(3)
+            assert "Case " in page.inner_text("#similar")
+            expect(page.locator("#copy")).to_be_enabled()
+            for _ in range(6):  # Tab on to the copy button and press it
+                page.keyboard.press("Tab")
+                if page.evaluate("document.activeElement.id") == "copy":
+                    break
+            assert page.evaluate("document.activeElement.id") == "copy"
+            page.keyboard.press("Enter")
+            expect(page.locator("#copied")).to_have_text("Copied.")
+            page.screenshot(path=str(ARTIFACTS / "serve_page.png"), full_page=True)
+            # an empty submission is refused on the page without a request
+            page.fill("#findings", "   ")
+            page.keyboard.press("Control+Enter")
+            expect(page.locator("#status")).to_have_text("Paste the findings first.")
+            browser.close()
+    finally:
+        server.kill()
+        server.wait(10)
+    assert errors == [], errors
+    audit = (tmp_path / "audit.jsonl").read_text()
+    assert "pleural" not in audit and '"/v1/impressions"' in audit
