@@ -118,6 +118,14 @@ def _decode(data: bytes, origin: str) -> str | Problem:
                        {"raw_latin1": data.decode("latin-1")})
 
 
+def _read_file_text(f: Path) -> str | Problem:
+    try:
+        data = f.read_bytes()
+    except OSError as e:
+        return Problem(str(f), f"unreadable file ({e.strerror or e})")
+    return _decode(data, str(f))
+
+
 def _record_from_text(text: str, rid: str, source: str, origin: str, opts: ReadOptions,
                       patient_id: str = "", study_id: str = "") -> Record:
     parsed = parse_report(text, opts.phi_token)
@@ -189,12 +197,7 @@ def read_mimic(path: Path, opts: ReadOptions) -> Iterator[Record | Problem]:
     for f in _walk_sorted(path):
         if not f.name.lower().endswith(".txt"):
             continue
-        try:
-            data = f.read_bytes()
-        except OSError as e:
-            yield Problem(str(f), f"unreadable file ({e.strerror or e})")
-            continue
-        text = _decode(data, str(f))
+        text = _read_file_text(f)
         if isinstance(text, Problem):
             yield text
             continue
@@ -207,12 +210,7 @@ def read_mimic(path: Path, opts: ReadOptions) -> Iterator[Record | Problem]:
 def read_text(path: Path, opts: ReadOptions) -> Iterator[Record | Problem]:
     files = [path] if path.is_file() else (f for f in _walk_sorted(path) if f.suffix.lower() == ".txt")
     for f in files:
-        try:
-            data = f.read_bytes()
-        except OSError as e:
-            yield Problem(str(f), f"unreadable file ({e.strerror or e})")
-            continue
-        text = _decode(data, str(f))
+        text = _read_file_text(f)
         if isinstance(text, Problem):
             yield text
             continue
