@@ -193,9 +193,16 @@ class CT2Backend(Backend):
     """A CTranslate2 model folder written by `radgpt export` (model.bin + tokenizer + template)."""
 
     name = "ctranslate2"
+    # Batches of prompts sorted by length whose token counts differ by at most max_spread: CTranslate2
+    # feeds only the shortest prompt's length at once and the rest token by token, so a wide spread
+    # costs (measured on OpenI validate: spread 4 ≈ 1.4× the throughput of unbounded 64-row batches).
     max_batch = 64
+    max_spread = 4
 
-    def __init__(self, folder: str | Path, device: str = "cpu", compute_type: str = "auto", threads: int = 0):
+    def __init__(self, folder: str | Path, device: str = "cpu", compute_type: str = "auto", threads: int = 0,
+                 inter_threads: int = 1):
+        """inter_threads 2 (batch jobs): two batches decode at once, one core each — ~15% more throughput
+        on 2 cores than one batch on 2 threads; 1 (single impressions, serve): lowest latency."""
         import ctranslate2
         from transformers import AutoTokenizer
 
@@ -210,29 +217,30 @@ class CT2Backend(Backend):
         if device == "auto":
             device = "cuda" if ctranslate2.get_cuda_device_count() else "cpu"
         self.device = device
+        threads = threads or (os.cpu_count() or 1)
+        inter = max(1, min(inter_threads, threads))
         self.generator = ctranslate2.Generator(str(folder), device=device, compute_type=compute_type,
-                                               intra_threads=threads or (os.cpu_count() or 1))
+                                               inter_threads=inter, intra_threads=max(1, threads // inter))
         self.compute_type = self.generator.compute_type
         self.eos = self.tokenizer.eos_token
         self.eos_id = self.tokenizer.eos_token_id
-        self._static: tuple[str, list[str]] | None = None
+        self._static: list[str] | None = None
+        self._static_ids: list[int] = []
 
     def set_static_prefix(self, prefix: str) -> None:
-        """The text every prompt starts with (the template up to the findings): its KV state is computed
-        once and cached by CTranslate2. Used only if tokenising prefix and rest separately gives the same
-        tokens as tokenising the whole (true at a newline boundary for byte-level BPE)."""
-        probe = prefix + "Findings: heart size normal."
-        ids = self.tokenizer(probe, add_special_tokens=False)["input_ids"]
-        p_ids = self.tokenizer(prefix, add_special_tokens=False)["input_ids"]
-        if prefix and ids[: len(p_ids)] == p_ids:
-            self._static = (prefix, self.tokenizer.convert_ids_to_tokens(p_ids))
+        """The text every prompt starts with (the template up to the findings, plus the examples header):
+        its KV state is computed once and cached by CTranslate2 (`static_prompt`). Its last token is left
+        out (it may merge with what follows), and each prompt is checked token by token, so a prompt whose
+        tokens do not start with the cached ones simply runs without the cache."""
+        ids = self.tokenizer(prefix, add_special_tokens=False)["input_ids"][:-1] if prefix else []
+        self._static = self.tokenizer.convert_ids_to_tokens(ids) if len(ids) >= 4 else None
+        self._static_ids = ids
 
     def _tokens(self, prompt: str) -> tuple[list[str] | None, list[str]]:
-        if self._static and prompt.startswith(self._static[0]):
-            rest = prompt[len(self._static[0]):]
-            ids = self.tokenizer(rest, add_special_tokens=False)["input_ids"]
-            return self._static[1], self.tokenizer.convert_ids_to_tokens(ids)
         ids = self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        n = len(self._static_ids) if self._static else 0
+        if n and len(ids) > n and ids[:n] == self._static_ids:
+            return self._static, self.tokenizer.convert_ids_to_tokens(ids[n:])
         return None, self.tokenizer.convert_ids_to_tokens(ids)
 
     def generate(self, prompts, decoding, max_tokens=None, on_delta=None, should_stop=None):
@@ -245,16 +253,24 @@ class CT2Backend(Backend):
         for i, (static, _) in enumerate(toks):
             groups.setdefault(tuple(static) if static else (), []).append(i)
         out: list[Generation | None] = [None] * len(prompts)
+        pending = []
         for static, rows in groups.items():
             # similar lengths together (CTranslate2 forwards only the shortest prompt's length at once)
             rows = sorted(rows, key=lambda i: len(toks[i][1]))
-            for s in range(0, len(rows), self.max_batch):
-                chunk = rows[s:s + self.max_batch]
-                self._run(chunk, list(static) or None, [toks[i][1] for i in chunk], limits, decoding, on_delta,
-                          should_stop, out)
+            chunk: list[int] = []
+            for i in rows + [-1]:
+                if chunk and (i < 0 or len(chunk) >= self.max_batch
+                              or len(toks[i][1]) - len(toks[chunk[0]][1]) > self.max_spread):
+                    pending.append(self._start(chunk, list(static) or None, [toks[j][1] for j in chunk], limits,
+                                               decoding, on_delta, should_stop, out))
+                    chunk = []
+                if i >= 0:
+                    chunk.append(i)
+        for finish in pending:  # chunks run concurrently on the generator's inter_threads replicas
+            finish()
         return out  # type: ignore[return-value]
 
-    def _run(self, rows, static, starts, limits, decoding, on_delta, should_stop, out):
+    def _start(self, rows, static, starts, limits, decoding, on_delta, should_stop, out):
         n_static = len(static or [])
         detok = {i: _Detok(self.tokenizer) for i in rows}
         cancelled = set()
@@ -285,17 +301,21 @@ class CT2Backend(Backend):
                           sampling_temperature=decoding.temperature)
         if stream:
             kwargs["callback"] = callback
-        results = self.generator.generate_batch(starts, **kwargs)
-        for i, r in zip(rows, results):
-            ids = [t for t in r.sequences_ids[0] if t != self.eos_id][: limits[i]]
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            if on_delta is not None:
-                if not stream:
-                    on_delta(i, text)
-                elif text.startswith(detok[i].text) and len(text) > len(detok[i].text):
-                    on_delta(i, text[len(detok[i].text):])
-            reason = "cancelled" if i in cancelled else ("length" if len(ids) >= limits[i] else "stop")
-            out[i] = Generation(text.strip(), reason, n_static + len(starts[rows.index(i)]), len(ids))
+        results = self.generator.generate_batch(starts, asynchronous=True, **kwargs)
+
+        def finish():
+            for k, (i, r) in enumerate(zip(rows, results)):
+                ids = [t for t in r.result().sequences_ids[0] if t != eos_id][: limits[i]]
+                text = self.tokenizer.decode(ids, skip_special_tokens=True)
+                if on_delta is not None:
+                    if not stream:
+                        on_delta(i, text)
+                    elif text.startswith(detok[i].text) and len(text) > len(detok[i].text):
+                        on_delta(i, text[len(detok[i].text):])
+                reason = "cancelled" if i in cancelled else ("length" if len(ids) >= limits[i] else "stop")
+                out[i] = Generation(text.strip(), reason, n_static + len(starts[k]), len(ids))
+
+        return finish
 
     def info(self):
         meta = {}

@@ -165,8 +165,8 @@ def vllm_compat_problems(run: str | Path) -> list[str]:
             problems.append(f"unexpected tensors in the adapter (vLLM expects base_model.model.*.lora_A/B): {odd[:3]}")
     base = cfg.get("base_model_name_or_path") or ""
     if base and Path(base).exists() and "/.cache/radgpt/" in base:
-        problems.append(f"base_model_name_or_path is a local cache folder ({base}): start vLLM with that folder "
-                        "(or the hub id HuggingFaceTB/SmolLM2-135M-Instruct) as --model")
+        problems.append(f"note: the adapter was trained on the dequantised packaged base in {base}; start vLLM "
+                        "with that folder as the model (the hub checkpoint's weights differ from the packaged Q4_1)")
     return problems
 
 
@@ -184,9 +184,14 @@ def run(args: argparse.Namespace) -> int:
         problems = vllm_compat_problems(args.run)
         for line in problems:
             print(f"vLLM: {line}")
-        if not problems:
-            print(f"vLLM: ok — vllm serve BASE --enable-lora --lora-modules radgpt={Path(args.run).resolve()}")
-        notes = [p for p in problems if "max-lora-rank" in p or "base_model_name_or_path" in p]
-        return 0 if len(notes) == len(problems) else 1
+        notes = [p for p in problems if "max-lora-rank" in p or p.startswith("note:")]
+        if len(notes) == len(problems):
+            cfg = json.loads((Path(args.run) / "adapter_config.json").read_text())
+            r = int(cfg.get("r", 8))
+            rank = min(x for x in VLLM_RANKS if x >= max(r, 16))
+            print(f"vLLM: ok — vllm serve {cfg.get('base_model_name_or_path') or 'BASE'} --enable-lora "
+                  f"--max-lora-rank {rank} --lora-modules radgpt={Path(args.run).resolve()}")
+            return 0
+        return 1
     print(export_run(args.run, args.out, args.quantization, args.force))
     return 0

@@ -173,8 +173,11 @@ class LMModel(ImpressionModel):
         self.name, self.index, self.shots = name, index, shots
         self.tokenizer = getattr(backend, "tokenizer", None)
         self.source = source or {}
-        sentinel = "\x00FINDINGS\x00"
-        self.static_prefix = template.render(instruction, sentinel).split(sentinel)[0]
+        # the text all prompts share: rendered for two different inputs (and shots), their common start
+        a = template.render(instruction, "Alpha.", [("a", "b")] * shots)
+        b = template.render(instruction, "Zulu.", [("y", "z")] * shots)
+        n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        self.static_prefix = a[:n]
         if hasattr(backend, "set_static_prefix"):
             backend.set_static_prefix(self.static_prefix)
 
@@ -192,6 +195,21 @@ class LMModel(ImpressionModel):
 
         n = len(prompts)
         stops = [STOP_STRINGS] * n if stops is None else [tuple(s) for s in stops]
+        limits = list(max_tokens) if max_tokens else [0] * n
+        if not decoding.do_sample and n > 1:  # identical prompts decode identically: run each once
+            first: dict = {}
+            src = [first.setdefault((prompts[i], limits[i], stops[i]), len(first)) for i in range(n)]
+            if len(first) < n:
+                uniq = [0] * len(first)
+                members: list[list[int]] = [[] for _ in first]
+                for i in reversed(range(n)):
+                    uniq[src[i]] = i
+                    members[src[i]].insert(0, i)
+                sub_delta = None if on_delta is None else (lambda u, d: [on_delta(i, d) for i in members[u]])
+                sub_stop = None if should_stop is None else (lambda u: all(should_stop(i) for i in members[u]))
+                gens = self.generate([prompts[j] for j in uniq], decoding, [limits[j] for j in uniq], sub_delta,
+                                     sub_stop, [stops[j] for j in uniq])
+                return [gens[src[i]] for i in range(n)]
         texts, sent, cut = [""] * n, [0] * n, [False] * n
 
         def first_stop(i: int, text: str) -> int:
@@ -271,7 +289,7 @@ def _index_for(folder: Path, cfg: dict, cases: str | None):
 def load_model(spec: str | None = None, backend: str = "auto", device: str = "cpu", endpoint: str | None = None,
                endpoint_chat: bool = False, api_key: str | None = None, cases: str | None = None,
                template: str | None = None, instruction: str | None = None, shots: int | None = None,
-               threads: int = 0, dtype: str = "fp32", log=None) -> ImpressionModel:
+               threads: int = 0, dtype: str = "fp32", batch: bool = False, log=None) -> ImpressionModel:
     """The model named by `spec` (see the module docstring), ready to impress."""
     import yaml
 
@@ -289,9 +307,19 @@ def load_model(spec: str | None = None, backend: str = "auto", device: str = "cp
 
         key = api_key or os.environ.get("RADGPT_ENDPOINT_KEY") or os.environ.get("OPENAI_API_KEY")
         be = OpenAIBackend(endpoint, spec or "radgpt", key, chat=endpoint_chat)
-        index = CaseIndex(load_cases(cases or _default_cases()))
+        run = Path(template) if template and Path(template).is_dir() else None
+        if run is not None and (run / "config.yaml").exists():
+            # the run whose adapter the endpoint serves (vLLM --lora-modules): its prompt, instruction,
+            # shots and cases, so the endpoint sees exactly the prompts the adapter was trained on
+            data = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("data") or {}
+            instruction = instruction or data.get("instruction")
+            shots = data.get("retrieval_k", 0) if shots is None else shots
+            index = _index_for(run, {"data": data}, cases)
+        else:
+            index = CaseIndex(load_cases(cases or _default_cases()))
+        source = {"endpoint": endpoint, "adapter_sha256": adapter_hash(run) if run else None}
         return LMModel(be, PromptTemplate.load(template or "alpaca"), instruction or PAPER_INSTRUCTION,
-                       spec or "radgpt", index, shots or 0, {"endpoint": endpoint})
+                       spec or "radgpt", index, shots or 0, source)
     folder = _find_model_dir(spec)
     cfg = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").exists() else {}
     data = cfg.get("data") or {}
@@ -311,7 +339,7 @@ def load_model(spec: str | None = None, backend: str = "auto", device: str = "cp
         if backend == "transformers":
             raise FatalError(f"{folder}: a CTranslate2 export; use --backend ct2 or the run folder it came from")
         meta = json.loads((folder / EXPORT_INFO).read_text()) if (folder / EXPORT_INFO).exists() else {}
-        be = CT2Backend(folder, device=device, threads=threads)
+        be = CT2Backend(folder, device=device, threads=threads, inter_threads=2 if batch else 1)
         source = {"model_path": str(folder), "base": meta.get("base"), "adapter_sha256": meta.get("adapter_sha256")}
     else:
         digest = adapter_hash(folder)
@@ -321,7 +349,7 @@ def load_model(spec: str | None = None, backend: str = "auto", device: str = "cp
             log(f"no CTranslate2 export of {folder} yet: exporting (once) ...")
             export_dir = ex.export_run(folder, log=log)
         if export_dir is not None:
-            be = CT2Backend(export_dir, device=device, threads=threads)
+            be = CT2Backend(export_dir, device=device, threads=threads, inter_threads=2 if batch else 1)
         else:
             be = TransformersBackend(folder, device=device, dtype=dtype, threads=threads)
     name = folder.resolve().name
@@ -475,7 +503,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shots", type=int, help="retrieved examples in each prompt (default: what the run trained with)")
     p.add_argument("--similar", type=int, default=3, help="similar prior cases returned with each impression")
     p.add_argument("--cases", help="JSONL of prior cases for retrieval (default: the run's own)")
-    p.add_argument("--template", help="prompt template (default: the run's own; alpaca with --endpoint)")
+    p.add_argument("--template", help="prompt template (default: the run's own); with --endpoint, the run folder "
+                   "whose adapter the endpoint serves (its template, instruction, shots, cases), or a template name")
     p.add_argument("--input-format", default="auto", choices=["auto", "txt", "jsonl", "csv"])
     p.add_argument("--field", help="JSONL field holding the findings (default: findings, inputs, input, text)")
     p.add_argument("--column", help="CSV column holding the findings (default: findings)")
@@ -484,7 +513,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="auto", choices=["auto", "text", "jsonl"],
                    help="auto: text for findings typed on a terminal, JSONL otherwise")
     p.add_argument("--with-findings", action="store_true", help="copy the findings into each output line")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=128,
+                   help="findings per generation call (sorted by length inside; progress advances per call)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
 
@@ -507,9 +537,10 @@ def run(args: argparse.Namespace) -> int:
         first.append(r)
         if isinstance(r, Record):
             break
+    batch = not args.inputs or any(i == "-" or Path(i).is_file() for i in args.inputs)
     model = load_model(args.model, backend=args.backend, device=args.device, endpoint=args.endpoint,
                        endpoint_chat=args.endpoint_chat, api_key=args.api_key, cases=args.cases,
-                       template=args.template, shots=args.shots, threads=args.threads,
+                       template=args.template, shots=args.shots, threads=args.threads, batch=batch,
                        log=lambda m: err(f"radgpt impress: {m}"))
     text_mode = args.format == "text" or (args.format == "auto" and not args.out and sys.stdout.isatty()
                                           and all(not Path(i).is_file() and i != "-" for i in args.inputs))

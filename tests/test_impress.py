@@ -232,3 +232,22 @@ def test_cli_on_the_tiny_run_writes_provenance(tiny_run, tmp_path, capsys):
     assert p["decoding"]["max_new_tokens"] == 4 and len(recs[0]["shot_case_ids"]) == 2
     assert main(["impress", "x", "--model", str(tmp_path / "nope")]) == 2
     assert "model folder not found" in capsys.readouterr().err
+
+
+def test_identical_findings_are_decoded_once_and_streamed_to_each():
+    class Counting(ScriptedBackend):
+        calls: list = []
+
+        def generate(self, prompts, decoding, **kw):
+            self.calls.append(len(prompts))
+            return super().generate(prompts, decoding, **kw)
+
+    be = Counting("No acute disease.")
+    model = LMModel(be, PromptTemplate.load("alpaca"), "Derive the impression", "scripted")
+    got = {0: "", 1: "", 2: ""}
+    res = model.generate(["a", "b", "a"], PRESETS["greedy"], on_delta=lambda i, d: got.__setitem__(i, got[i] + d))
+    assert be.calls == [2] and [r.text for r in res] == ["No acute disease."] * 3
+    assert got == {0: "No acute disease.", 1: "No acute disease.", 2: "No acute disease."}
+    sampled = Decoding(do_sample=True, temperature=0.7)
+    model.generate(["a", "a"], sampled)
+    assert be.calls[-1] == 2  # sampling: duplicates are independent draws
