@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO))
 
 def pct(xs, q):
     xs = sorted(xs)
-    return xs[min(len(xs) - 1, int(round(q / 100 * (len(xs) - 1))))]
+    return xs[min(len(xs) - 1, round(q / 100 * (len(xs) - 1)))]
 
 
 def bench(model, batch_model, findings, refs, latency_n, batch_size, decoding, rows_out):

@@ -92,7 +92,7 @@ def load(url: str, findings: list[str], n: int, clients: int, max_tokens: int) -
     b = next(iter(batches.values()), {"batches": 0, "rows": 0})
 
     def pct(q):
-        return round(ok[min(len(ok) - 1, int(round(q / 100 * (len(ok) - 1))))]) if ok else None
+        return round(ok[min(len(ok) - 1, round(q / 100 * (len(ok) - 1)))]) if ok else None
 
     return {"requests": n, "clients": clients, "codes": codes, "p50_ms": pct(50), "p95_ms": pct(95),
             "mean_ms": round(statistics.mean(ok)) if ok else None, "wall_s": round(wall, 1),

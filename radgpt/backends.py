@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from radgpt.errors import FatalError
 from radgpt.generate import Decoding
@@ -275,7 +275,7 @@ class CT2Backend(Backend):
         detok = {i: _Detok(self.tokenizer) for i in rows}
         cancelled = set()
         stream = decoding.num_beams == 1 and (on_delta is not None or should_stop is not None or
-                                              len(set(limits[i] for i in rows)) > 1)
+                                              len({limits[i] for i in rows}) > 1)
 
         eos_id = self.eos_id
         # the callback must not reference self: CTranslate2 may drop it on its own worker thread, and the

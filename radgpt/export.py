@@ -23,7 +23,7 @@ import hashlib
 import json
 import shutil
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from pathlib import Path
 
 from radgpt.errors import FatalError
@@ -112,7 +112,7 @@ def export_run(run: str | Path, out: str | Path | None = None, quantization: str
     (target / "radgpt_export.json").write_text(json.dumps({
         "source_run": str(run.resolve()), "base": (cfg.get("model") or {}).get("base"), "adapter_sha256": digest,
         "quantization": quantization, "ctranslate2": ctranslate2.__version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}, indent=2))
+        "created": datetime.now(UTC).isoformat(timespec="seconds")}, indent=2))
     if out.exists():
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -32,10 +32,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime, timezone
 from pathlib import Path
-from typing import Iterator
 
 from radgpt.errors import FatalError
 from radgpt.generate import PRESETS, Decoding
@@ -531,7 +531,7 @@ def run(args: argparse.Namespace) -> int:
     if args.similar < 0 or (args.shots is not None and args.shots < 0) or args.batch_size < 1:
         raise FatalError("--similar and --shots must be >= 0, --batch-size >= 1")
     records = read_inputs(args.inputs, args.input_format, args.field, args.column, args.id_field)
-    err = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
+    err = lambda msg: print(msg, file=sys.stderr, flush=True)
     first = []  # read ahead until the first good record, so input errors show before the model loads
     for r in records:
         first.append(r)
@@ -563,7 +563,7 @@ def run(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         results = model.impress([r.findings for r in batch], decoding, similar=args.similar)
         per = (time.perf_counter() - t0) * 1000 / len(batch)
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        now = datetime.now(UTC).isoformat(timespec="seconds")
         for r, res in zip(batch, results):
             if text_mode:
                 out.write(f"{res.impression}\n")

@@ -7,11 +7,11 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
-
 from radgpt.cli import main
 from radgpt.export import cache_export_dir, export_run, find_export, vllm_compat_problems
-from tests.test_impress import tiny_run  # noqa: F401 — session fixture
+from tests import test_impress
+
+tiny_run = test_impress.tiny_run  # the session fixture, shared
 
 
 def test_float32_export_scores_like_the_merged_transformers_model(tiny_run, tmp_path):

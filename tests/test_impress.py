@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import sys
+import typing
 from pathlib import Path
 
 import pytest
@@ -236,7 +237,7 @@ def test_cli_on_the_tiny_run_writes_provenance(tiny_run, tmp_path, capsys):
 
 def test_identical_findings_are_decoded_once_and_streamed_to_each():
     class Counting(ScriptedBackend):
-        calls: list = []
+        calls: typing.ClassVar[list] = []
 
         def generate(self, prompts, decoding, **kw):
             self.calls.append(len(prompts))

@@ -16,7 +16,9 @@ from radgpt.baselines import load_baseline
 from radgpt.cli import main
 from radgpt.impress import ImpressionModel
 from radgpt.serve.app import Settings, create_app
-from tests.test_impress import tiny_export, tiny_run  # noqa: F401 — session fixtures
+from tests import test_impress
+
+tiny_run, tiny_export = test_impress.tiny_run, test_impress.tiny_export  # session fixtures, shared
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "data/openi/clin-summ/train.jsonl"

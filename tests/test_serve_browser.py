@@ -12,7 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.test_impress import tiny_export, tiny_run  # noqa: F401 — session fixtures
+from tests import test_impress
+
+tiny_run, tiny_export = test_impress.tiny_run, test_impress.tiny_export  # session fixtures, shared
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"

@@ -286,7 +286,7 @@ def create_app(models: dict, settings: Settings | None = None) -> FastAPI:
             if any(j.timed_out for j in jobs):  # stopped by the worker at the deadline: partial text
                 raise TimeoutError()
             return gens
-        except (asyncio.TimeoutError, TimeoutError):
+        except TimeoutError:
             for j in jobs:
                 j.cancelled = True
             raise ApiError(504, f"generation took longer than {s.timeout_s:g} s", "timeout", "server_error") from None
@@ -325,7 +325,7 @@ def create_app(models: dict, settings: Settings | None = None) -> FastAPI:
                 left = deadline - time.monotonic()
                 try:
                     kind, i, payload = await asyncio.wait_for(queue_.get(), max(left, 0.001))
-                except (asyncio.TimeoutError, TimeoutError):
+                except TimeoutError:
                     for j in jobs:
                         j.cancelled = True
                     yield "error", -1, "timeout"
@@ -440,7 +440,7 @@ def create_app(models: dict, settings: Settings | None = None) -> FastAPI:
             content = "\n".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
         findings = check_findings(content or "")
         decoding, limit = decoding_for(body, body.max_completion_tokens or body.max_tokens)
-        prompts, hits, shot_ids = model.prepare([findings], similar=0)
+        prompts, _, _ = model.prepare([findings], similar=0)
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         loop = asyncio.get_running_loop()
         q = asyncio.Queue() if body.stream else None

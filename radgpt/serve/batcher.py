@@ -13,9 +13,9 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 from radgpt.generate import Decoding
 
@@ -102,7 +102,7 @@ class Batcher:
             groups: dict[Decoding, list[Job]] = {}
             for j in live:
                 groups.setdefault(replace(j.decoding, max_new_tokens=1), []).append(j)
-            for key, jobs in groups.items():
+            for jobs in groups.values():
                 self._run(jobs)
 
     def _run(self, jobs: list[Job]) -> None:
