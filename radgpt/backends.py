@@ -257,10 +257,13 @@ class CT2Backend(Backend):
         for static, rows in groups.items():
             # similar lengths together (CTranslate2 forwards only the shortest prompt's length at once)
             rows = sorted(rows, key=lambda i: len(toks[i][1]))
+            # few rows (a server batch): a wider spread, else every row would decode alone; the extra
+            # token-by-token prompt steps cost about what a separate batch's ~12-16 decoding steps would
+            spread = self.max_spread if len(rows) >= 2 * self.max_batch else max(self.max_spread, 16)
             chunk: list[int] = []
             for i in rows + [-1]:
                 if chunk and (i < 0 or len(chunk) >= self.max_batch
-                              or len(toks[i][1]) - len(toks[chunk[0]][1]) > self.max_spread):
+                              or len(toks[i][1]) - len(toks[chunk[0]][1]) > spread):
                     pending.append(self._start(chunk, list(static) or None, [toks[j][1] for j in chunk], limits,
                                                decoding, on_delta, should_stop, out))
                     chunk = []
