@@ -53,7 +53,9 @@ def bench(model, batch_model, findings, refs, latency_n, batch_size, decoding, r
                      "p50_ms": round(pct(lat, 50)), "p95_ms": round(pct(lat, 95)), "n_latency": len(lat),
                      "throughput": round(len(findings) / secs, 1), "n": len(findings), "batch": batch_size,
                      "rougeL": rouge["rougeL"], "rougeL_abnormal": rouge["rougeL_abnormal"],
-                     "mean_new_tokens": round(statistics.mean(r.completion_tokens for r in results), 1)})
+                     "mean_new_tokens": round(statistics.mean(r.completion_tokens for r in results), 1),
+                     "load_avg": round(os.getloadavg()[0], 1)})
+    print("row:", json.dumps(rows_out[-1]), flush=True)  # partial results survive an interrupted run
     return preds
 
 
