@@ -41,7 +41,7 @@ class CaseIndex:
         """Top-k cases per query (cosine similarity), skipping ids in exclude_ids[i]."""
         import numpy as np
 
-        if k <= 0:
+        if k <= 0 or not queries:
             return [[] for _ in queries]
         q = self.vectorizer.transform(queries)
         out = []
