@@ -235,7 +235,10 @@ class LMModel(ImpressionModel):
         def stop(i):
             return cut[i] or (should_stop is not None and should_stop(i))
 
-        gens = self.backend.generate(prompts, decoding, max_tokens=max_tokens, on_delta=delta, should_stop=stop)
+        # token callbacks cost (the backend calls into Python per token): only when someone streams or cancels
+        live = on_delta is not None or should_stop is not None
+        gens = self.backend.generate(prompts, decoding, max_tokens=max_tokens, on_delta=delta if live else None,
+                                     should_stop=stop if live else None)
         out = []
         for i, g in enumerate(gens):
             text, reason = g.text, g.finish_reason
