@@ -37,7 +37,10 @@ def _available(module: str) -> bool:
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
-    parser = argparse.ArgumentParser(prog="radgpt", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="radgpt",
+        description="Radiology impressions from findings, locally: prepare → finetune → impress/serve → "
+                    "evaluate → study. `radgpt VERB --help` for each.")
     parser.add_argument("--version", action="version", version=f"radgpt {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
     return parser, sub
