@@ -15,21 +15,12 @@ described in radgpt/serve/app.py and docs/serve.md.
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 
 from radgpt.errors import FatalError
+from radgpt.net import is_loopback
 
 LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

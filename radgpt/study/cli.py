@@ -10,12 +10,12 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import sys
 from pathlib import Path
 
 from radgpt.errors import FatalError
+from radgpt.net import is_loopback
 
 ADMIN_PASSWORD_ENV = "RADGPT_STUDY_ADMIN_PASSWORD"
 LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
@@ -139,15 +139,6 @@ def _add_user(args) -> int:
     return 0
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def _serve(args) -> int:
     import uvicorn
     from sqlalchemy import select
@@ -155,7 +146,7 @@ def _serve(args) -> int:
     from radgpt.study.app import create_app
     from radgpt.study.models import User, open_db
 
-    loopback = _is_loopback(args.host)
+    loopback = is_loopback(args.host)
     if not loopback and not args.allow_remote:
         raise FatalError(f"refusing to bind {args.host}: the study holds report text; it serves loopback only "
                          f"unless you pass --allow-remote (and put TLS in front)")
