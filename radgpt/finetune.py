@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from radgpt.config import load_config, to_dict, write_resolved
+from radgpt.config import load_config, write_resolved
 from radgpt.errors import FatalError
 from radgpt.models import DEFAULT_BASE
 from radgpt.reports.tasks import PAPER_INSTRUCTION
@@ -438,19 +438,20 @@ def is_normal_impression(text: str) -> bool:
 
 
 def rouge_summary(refs: list[str], hyps: list[str]) -> dict:
-    """ROUGE as the published Open-i numbers are computed: rouge_score, no stemming, per-sample F1 mean ×100;
-    also on the cases whose reference is not the normal boilerplate."""
-    from rouge_score import rouge_scorer
+    """ROUGE as the published Open-i numbers are computed (the metrics registry's `rouge` group:
+    rouge_score, no stemming, per-sample F1 mean ×100); also on the cases whose reference is not the
+    normal boilerplate."""
+    from radgpt.evaluate.metrics import compute
 
-    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=False)
-    scores = [scorer.score(r, h) for r, h in zip(refs, hyps)]
+    per_sample = compute(refs, hyps, ["rouge"])["per_sample"]
+    abnormal = [not is_normal_impression(r) for r in refs]
     out = {}
     for key in ("rouge1", "rouge2", "rougeL"):
-        vals = [s[key].fmeasure for s in scores]
-        out[key] = round(100 * sum(vals) / max(len(vals), 1), 2)
-        abn = [v for v, r in zip(vals, refs) if not is_normal_impression(r)]
-        out[f"{key}_abnormal"] = round(100 * sum(abn) / max(len(abn), 1), 2)
-    out["n_abnormal"] = sum(not is_normal_impression(r) for r in refs)
+        vals = per_sample[key]
+        out[key] = round(sum(vals) / max(len(vals), 1), 2)
+        abn = [v for v, a in zip(vals, abnormal) if a]
+        out[f"{key}_abnormal"] = round(sum(abn) / max(len(abn), 1), 2)
+    out["n_abnormal"] = sum(abnormal)
     return out
 
 
@@ -497,4 +498,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["FinetuneConfig", "finetune", "to_dict"]
+__all__ = ["FinetuneConfig", "finetune"]
