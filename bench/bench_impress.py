@@ -1,13 +1,14 @@
-"""Impression latency and batch throughput: CTranslate2 int8 (the fast backend) vs transformers, same
-model, same prompts (retrieved shots included), on OpenI validate — side by side, with ROUGE so a speed-up
-that costs quality would show.
+"""Impression latency and batch throughput: llama.cpp (GGUF q8_0) and CTranslate2 int8 vs transformers,
+same model, same prompts (retrieved shots included), on OpenI validate — side by side, with ROUGE so a
+speed-up that costs quality would show.
 
     .venv/bin/python bench/bench_impress.py                                   # the default model
+    .venv/bin/python bench/bench_impress.py --backends llama.cpp,ct2          # the two fast backends
     .venv/bin/python bench/bench_impress.py --model runs/my-run --threads 2 --latency-n 40
 
 Latency = one findings text end to end (retrieval, prompt, generation), one at a time, after warm-up.
-Throughput = all validate findings through `impress` in batches. The CT2 export is made (once, into the
-radgpt cache) if missing. Reported in docs/serve.md.
+Throughput = all validate findings through `impress` in batches. The CT2 / GGUF export is made (once, into
+the radgpt cache) if missing; llama.cpp needs llama-cpp-python installed. Reported in docs/serve.md.
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def main() -> int:
     for b in args.backends.split(","):
         model = load_model(args.model, backend=b.strip(), threads=args.threads, log=print)
         batch_model = load_model(args.model, backend=b.strip(), threads=args.threads, batch=True) \
-            if model.provenance().get("backend") == "ctranslate2" else model
+            if model.provenance().get("backend") in ("ctranslate2", "llama.cpp") else model
         bench(model, batch_model, findings, refs, args.latency_n, args.batch_size, decoding, out)
         del model, batch_model
     nearest = load_model("baseline:nearest")

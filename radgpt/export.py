@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timezone
 from pathlib import Path
 
 from radgpt.errors import FatalError
+from radgpt.export_gguf import GGUF_FILE, GGUF_QUANTIZATIONS, base_gguf, write_gguf
 
 QUANTIZATIONS = ("int8", "int8_float32", "int8_bfloat16", "int16", "float32", "bfloat16", "float16")
 COPY_FILES = ("prompt_template.json", "config.yaml", "retrieval_cases.jsonl")
@@ -60,24 +61,37 @@ def find_export(run: str | Path, digest: str | None = None, quantization: str = 
     if digest is None:
         return None
     d = cache_export_dir(run, digest, quantization)
-    return d if (d / "model.bin").exists() and (d / "radgpt_export.json").exists() else None
+    return d if _model_file(d) is not None and (d / "radgpt_export.json").exists() else None
+
+
+def _model_file(folder: Path) -> Path | None:
+    for name in ("model.bin", GGUF_FILE):
+        if (folder / name).exists():
+            return folder / name
+    return None
 
 
 def export_run(run: str | Path, out: str | Path | None = None, quantization: str = "int8", force: bool = False,
                log=print) -> Path:
-    from ctranslate2.converters import TransformersConverter
-
+    """quantization: a CTranslate2 one (QUANTIZATIONS) → a CT2 folder; a GGUF one (q8_0, f16, f32) → GGUF."""
     from radgpt.impress import adapter_hash
     from radgpt.models import load_run
 
     run = Path(run)
-    if quantization not in QUANTIZATIONS:
-        raise FatalError(f"unknown quantization '{quantization}' ({', '.join(QUANTIZATIONS)})")
+    gguf = quantization in GGUF_QUANTIZATIONS
+    if quantization not in QUANTIZATIONS and not gguf:
+        raise FatalError(f"unknown quantization '{quantization}' (CTranslate2: {', '.join(QUANTIZATIONS)}; "
+                         f"GGUF: {', '.join(GGUF_QUANTIZATIONS)})")
     if not (run / "config.yaml").exists():
         raise FatalError(f"{run}: not a radgpt run folder (no config.yaml)")
+    import yaml
+
+    cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    base = str((cfg.get("model") or {}).get("base"))
+    source_gguf = base_gguf(base) if gguf else None  # fails early, before the merge, for an HF base
     digest = adapter_hash(run)
     out = Path(out) if out else cache_export_dir(run, digest, quantization)
-    if (out / "model.bin").exists() and not force:
+    if _model_file(out) is not None and not force:
         meta = json.loads((out / "radgpt_export.json").read_text()) if (out / "radgpt_export.json").exists() else {}
         if meta.get("adapter_sha256") == digest and meta.get("quantization") == quantization:
             log(f"{out}: up to date")
@@ -91,28 +105,36 @@ def export_run(run: str | Path, out: str | Path | None = None, quantization: str
         loaded = load_run(run, merge=True)
     work = out.with_name(out.name + ".tmp")
     shutil.rmtree(work, ignore_errors=True)
-    merged = work / "merged"
-    loaded.model.save_pretrained(merged, safe_serialization=True)
-    loaded.tokenizer.save_pretrained(merged)
-    del loaded
-    target = work / "ct2"
-    TransformersConverter(str(merged), low_cpu_mem_usage=True).convert(str(target), quantization=quantization,
-                                                                        force=True)
-    for name in merged.iterdir():  # tokenizer files, so the export folder needs nothing else
-        if name.name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "added_tokens",
-                                 "generation_config", "chat_template")):
-            shutil.copy2(name, target / name.name)
+    target = work / "export"
+    if gguf:
+        target.mkdir(parents=True)
+        write_gguf(loaded.model, source_gguf, target / GGUF_FILE, quantization, {"adapter_sha256": digest})
+        loaded.tokenizer.save_pretrained(target)  # the same tokenizer, for radgpt's own token counting
+        del loaded
+        engine = {"format": "gguf"}
+    else:
+        from ctranslate2.converters import TransformersConverter
+
+        merged = work / "merged"
+        loaded.model.save_pretrained(merged, safe_serialization=True)
+        loaded.tokenizer.save_pretrained(merged)
+        del loaded
+        TransformersConverter(str(merged), low_cpu_mem_usage=True).convert(str(target), quantization=quantization,
+                                                                            force=True)
+        for name in merged.iterdir():  # tokenizer files, so the export folder needs nothing else
+            if name.name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "added_tokens",
+                                     "generation_config", "chat_template")):
+                shutil.copy2(name, target / name.name)
+        import ctranslate2
+
+        engine = {"format": "ctranslate2", "ctranslate2": ctranslate2.__version__}
     for name in COPY_FILES:
         if (run / name).exists():
             shutil.copy2(run / name, target / name)
-    import ctranslate2
-    import yaml
-
-    cfg = yaml.safe_load((run / "config.yaml").read_text()) or {}
     (target / "radgpt_export.json").write_text(json.dumps({
         "source_run": str(run.resolve()), "base": (cfg.get("model") or {}).get("base"), "adapter_sha256": digest,
-        "quantization": quantization, "ctranslate2": ctranslate2.__version__,
-        "created": datetime.now(UTC).isoformat(timespec="seconds")}, indent=2))
+        "quantization": quantization, **engine, "created": datetime.now(UTC).isoformat(timespec="seconds")},
+        indent=2))
     if out.exists():
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -173,8 +195,9 @@ def vllm_compat_problems(run: str | Path) -> list[str]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="a finetune run folder")
     p.add_argument("--out", help="output folder (default: the radgpt cache, where impress/serve find it)")
-    p.add_argument("--quantization", default="int8", choices=QUANTIZATIONS,
-                   help="int8 (default: fastest on CPU, same quality here), float32, ...")
+    p.add_argument("--quantization", default="int8", choices=QUANTIZATIONS + tuple(GGUF_QUANTIZATIONS),
+                   help="CTranslate2: int8 (default: fastest on CPU, same quality here), float32, ...; "
+                        "GGUF for llama.cpp: q8_0, f16, f32")
     p.add_argument("--force", action="store_true", help="replace an existing export in --out")
     p.add_argument("--check-vllm", action="store_true", help="only check that vLLM --lora-modules can serve it")
 

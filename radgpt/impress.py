@@ -41,6 +41,7 @@ from radgpt.errors import FatalError
 from radgpt.generate import PRESETS, Decoding
 
 DEFAULT_MODEL = "models/radgpt-smollm2-135m"
+BACKENDS = ("auto", "transformers", "ct2", "llama.cpp")
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CASES = "data/openi/clin-summ/train.jsonl"  # shipped with the repo (CC BY-NC-ND, see data/)
 # A generation is cut at these (a model that runs on into another example); never part of an impression.
@@ -334,24 +335,34 @@ def load_model(spec: str | None = None, backend: str = "auto", device: str = "cp
         raise FatalError(f"{folder}: the model wants {k} retrieved examples per prompt but there are no cases; "
                          "pass --cases FILE.jsonl")
     from radgpt import export as ex
-    from radgpt.backends import EXPORT_INFO, CT2Backend, TransformersBackend
+    from radgpt.backends import EXPORT_INFO, CT2Backend, LlamaCppBackend, TransformersBackend
+    from radgpt.export_gguf import GGUF_FILE
 
-    if backend not in ("auto", "transformers", "ct2"):
-        raise FatalError(f"unknown backend '{backend}' (auto, transformers, ct2)")
-    if (folder / "model.bin").exists():  # an export folder
-        if backend == "transformers":
-            raise FatalError(f"{folder}: a CTranslate2 export; use --backend ct2 or the run folder it came from")
-        meta = json.loads((folder / EXPORT_INFO).read_text()) if (folder / EXPORT_INFO).exists() else {}
-        be = CT2Backend(folder, device=device, threads=threads, inter_threads=2 if batch else 1)
+    if backend not in BACKENDS:
+        raise FatalError(f"unknown backend '{backend}' ({', '.join(BACKENDS)})")
+    meta = json.loads((folder / EXPORT_INFO).read_text()) if (folder / EXPORT_INFO).exists() else {}
+    if (folder / "model.bin").exists() or (folder / GGUF_FILE).exists():  # an export folder
+        gguf = (folder / GGUF_FILE).exists()
+        if backend not in ("auto", "llama.cpp" if gguf else "ct2"):
+            raise FatalError(f"{folder}: a {'GGUF' if gguf else 'CTranslate2'} export; use --backend "
+                             f"{'llama.cpp' if gguf else 'ct2'} or the run folder it came from")
+        be = LlamaCppBackend(folder, threads=threads, parallel=2 if batch else 1) if gguf else \
+            CT2Backend(folder, device=device, threads=threads, inter_threads=2 if batch else 1)
         source = {"model_path": str(folder), "base": meta.get("base"), "adapter_sha256": meta.get("adapter_sha256")}
     else:
         digest = adapter_hash(folder)
         source = {"model_path": str(folder), "base": (cfg.get("model") or {}).get("base"), "adapter_sha256": digest}
-        export_dir = ex.find_export(folder, digest) if backend != "transformers" else None
-        if backend == "ct2" and export_dir is None:
-            log(f"no CTranslate2 export of {folder} yet: exporting (once) ...")
-            export_dir = ex.export_run(folder, log=log)
-        if export_dir is not None:
+        quant = "q8_0" if backend == "llama.cpp" else "int8"
+        export_dir = ex.find_export(folder, digest, quant) if backend != "transformers" else None
+        if backend == "auto" and export_dir is None:  # no CTranslate2 export: a GGUF one, if made
+            export_dir = ex.find_export(folder, digest, "q8_0")
+            backend = "llama.cpp" if export_dir is not None else backend
+        if backend in ("ct2", "llama.cpp") and export_dir is None:
+            log(f"no {backend} export of {folder} yet: exporting (once) ...")
+            export_dir = ex.export_run(folder, quantization=quant, log=log)
+        if export_dir is not None and backend == "llama.cpp":
+            be = LlamaCppBackend(export_dir, threads=threads, parallel=2 if batch else 1)
+        elif export_dir is not None:
             be = CT2Backend(export_dir, device=device, threads=threads, inter_threads=2 if batch else 1)
         else:
             be = TransformersBackend(folder, device=device, dtype=dtype, threads=threads)
@@ -496,8 +507,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="findings text, a .txt (one per line) / .jsonl / .csv file, or - for stdin")
     p.add_argument("--model", help=f"run folder, export folder, baseline:normal|nearest|last-sentence, or the "
                    f"model name at --endpoint (default: {DEFAULT_MODEL})")
-    p.add_argument("--backend", default="auto", choices=["auto", "transformers", "ct2"],
-                   help="auto: CTranslate2 if `radgpt export` made one for this run, else transformers")
+    p.add_argument("--backend", default="auto", choices=list(BACKENDS),
+                   help="auto: the CTranslate2 export of this run if `radgpt export` made one (fastest for "
+                        "batches), else its GGUF export (llama.cpp: fastest single impressions), else transformers")
     p.add_argument("--endpoint", help="base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
     p.add_argument("--endpoint-chat", action="store_true", help="use /chat/completions (general chat models)")
     p.add_argument("--api-key", help="key for --endpoint (or env RADGPT_ENDPOINT_KEY / OPENAI_API_KEY)")

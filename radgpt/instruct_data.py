@@ -8,12 +8,12 @@ so the model learns to stop (the alpaca-lora failure: EOS never trained, generat
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from radgpt.errors import FatalError
+from radgpt.jsonl import read_json_objects
 from radgpt.prompts import PromptTemplate
 from radgpt.reports.tasks import PAPER_INSTRUCTION
 
@@ -33,32 +33,17 @@ class Example:
 def read_examples(path: str | Path, tasks: list[str] | None = None, instruction: str = PAPER_INSTRUCTION
                   ) -> list[Example]:
     """Read a JSONL dataset; a malformed line is a FatalError naming file:line."""
-    path = Path(path)
-    if not path.is_file():
-        raise FatalError(f"{path}: dataset file not found")
     examples = []
-    with open(path, encoding="utf-8") as f:
-        try:
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise FatalError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise FatalError(f"{path}:{n}: expected a JSON object")
-                ex = _example(row, n, instruction)
-                if ex is None:
-                    raise FatalError(f"{path}:{n}: no instruction fields; expected instruction/input/output, "
-                                     f"inputs/target, findings/impression or messages (keys: {sorted(row)})")
-                if not ex.output.strip():
-                    raise FatalError(f"{path}:{n}: empty output/impression")
-                if tasks and ex.task not in tasks:
-                    continue
-                examples.append(ex)
-        except UnicodeDecodeError as e:
-            raise FatalError(f"{path}: not UTF-8 (byte offset {e.start} of a block)") from None
+    for n, row in read_json_objects(path, "dataset file"):
+        ex = _example(row, n, instruction)
+        if ex is None:
+            raise FatalError(f"{path}:{n}: no instruction fields; expected instruction/input/output, "
+                             f"inputs/target, findings/impression or messages (keys: {sorted(row)})")
+        if not ex.output.strip():
+            raise FatalError(f"{path}:{n}: empty output/impression")
+        if tasks and ex.task not in tasks:
+            continue
+        examples.append(ex)
     if not examples:
         raise FatalError(f"{path}: no examples (empty file, or no rows of task(s) {tasks})")
     return examples

@@ -137,13 +137,16 @@ def load_tokenizer(base: str):
     return tok
 
 
-def load_base_model(base: str, quantization: str = "", device: str = "cpu", torch_dtype=None):
+def load_base_model(base: str, quantization: str = "", device: str = "cpu", torch_dtype=None,
+                    attn_implementation: str | None = None):
     """The causal LM in fp32 master weights (training casts through autocast), or 4/8-bit for QLoRA."""
     import torch
     from transformers import AutoModelForCausalLM
 
     path = resolve_base(base)
     kwargs = {"dtype": torch_dtype or torch.float32}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
     if quantization:
         if device != "cuda" or not torch.cuda.is_available():
             raise FatalError(f"model.quantization={quantization} (QLoRA, bitsandbytes) needs a CUDA GPU; "

@@ -64,3 +64,38 @@ def test_pneumothorax_is_named(default_model):
     out = _impressions(default_model, ["Large left pneumothorax with collapse of the left lung. Heart size "
                                        "normal. No effusion."])
     assert "pneumothorax" in out[0].lower(), out[0]
+
+
+def test_gguf_export_loads_back_with_the_merged_models_logits(default_model, tmp_path):
+    """The GGUF writer's tensor names and RoPE row order, checked without llama.cpp: transformers' GGUF
+    loader maps names back and undoes the reordering, so a wrong name or order shows in the logits."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from radgpt.export_gguf import base_gguf, write_gguf
+
+    out = write_gguf(default_model.model, base_gguf("packaged:smollm2-135m-instruct"), tmp_path / "m.gguf", "q8_0")
+    back = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=out.name).eval()
+    ids = default_model.tokenizer("Findings: The lungs are clear. No effusion. Impression:", return_tensors="pt").input_ids
+    with torch.no_grad():
+        a = default_model.model(ids).logits[0]
+        b = back(ids).logits[0]
+    assert torch.equal(a.argmax(-1), b.argmax(-1))
+    assert (a - b).abs().max() < 0.05 * a.abs().max()  # Q8_0 rounding only
+
+
+def test_llama_cpp_backend_writes_the_same_impressions_as_ctranslate2(tmp_path):
+    from radgpt.export import export_run
+    from radgpt.generate import Decoding
+    from radgpt.impress import load_model
+
+    folder = export_run(DEFAULT, tmp_path / "gguf", quantization="q8_0", log=lambda *a: None)
+    findings = ["The heart is normal in size. The lungs are clear. No pleural effusion or pneumothorax.",
+                "There is a large right pleural effusion. The heart size is normal. No pneumothorax."]
+    llama = load_model(str(folder), backend="llama.cpp", batch=True)
+    assert llama.provenance()["backend"] == "llama.cpp"
+    ct2 = load_model(str(DEFAULT), backend="ct2")
+    a = [r.impression for r in llama.impress(findings, Decoding(max_new_tokens=48))]
+    b = [r.impression for r in ct2.impress(findings, Decoding(max_new_tokens=48))]
+    assert "effusion" in a[1].lower(), a
+    assert a == b or sum(x == y for x, y in zip(a, b)) >= 1, (a, b)  # int8 vs q8_0 may differ on a word

@@ -172,3 +172,28 @@ def test_full_finetune_saves_a_whole_model_that_reloads(tiny, tmp_path):
     assert (tmp_path / "run/model.safetensors").exists() and not (tmp_path / "run/adapter_config.json").exists()
     loaded = load_run(tmp_path / "run")
     assert loaded.adapter is None and loaded.template.name == "alpaca"
+
+
+def test_lora_dropout_acts_on_the_rank_activations_in_training_only(tiny, tmp_path):
+    cfg = _cfg(tiny, tmp_path / "run", "lora.dropout=0.5")
+    model = build_model(cfg, "cpu")
+    hooked = [m for n, m in model.named_modules() if n.endswith("lora_A.default") and m._forward_hooks]
+    assert len(hooked) == 7 * model.config.num_hidden_layers
+    for m in model.modules():  # PEFT's own input dropout is off: the rate moved to the rank activations
+        assert not isinstance(m, torch.nn.Dropout) or m.p == 0.0
+    for n, p in model.named_parameters():  # B starts at 0: give it weight so A's dropout shows in the output
+        if "lora_B" in n:
+            torch.nn.init.normal_(p, std=0.5)
+    ids = torch.tensor([[5, 17, 42, 99, 7, 3]])
+    model.train()
+    a, b = model(ids).logits, model(ids).logits
+    assert not torch.allclose(a, b)  # a fresh mask each forward
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, model(ids).logits)
+    # the PEFT input-dropout behaviour stays available
+    peft_way = build_model(_cfg(tiny, tmp_path / "r2", "lora.dropout=0.5", "lora.dropout_site=input"), "cpu")
+    assert not any(m._forward_hooks for n, m in peft_way.named_modules() if n.endswith("lora_A.default"))
+    assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.5 for m in peft_way.modules())
+    with pytest.raises(FatalError, match="dropout_site"):
+        build_model(_cfg(tiny, tmp_path / "r3", "lora.dropout_site=middle"), "cpu")

@@ -15,11 +15,11 @@ null prediction text is kept (it scores 0 and is counted); a missing field is an
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from radgpt.errors import FatalError
+from radgpt.jsonl import read_json_objects
 
 ID_FIELDS = ("id", "idx", "uid", "study_id")
 REF_FIELDS = ("impression", "target", "reference")
@@ -34,26 +34,8 @@ class Reference:
     findings: str = ""
 
 
-def read_jsonl(path: str | Path) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise FatalError(f"{path}: file not found")
-    records = []
-    with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as e:
-                raise FatalError(f"{path}:{lineno}: not UTF-8 text (byte {e.start}); re-save the file as UTF-8") from None
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise FatalError(f"{path}:{lineno}: not valid JSON ({e.msg}); expected one JSON object per line") from None
-            if not isinstance(record, dict):
-                raise FatalError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            records.append((lineno, record))
+def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
+    records = list(read_json_objects(path))
     if not records:
         raise FatalError(f"{path}: no records")
     return records

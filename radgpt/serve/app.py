@@ -28,12 +28,12 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from radgpt.generate import PRESETS, Decoding
 from radgpt.impress import STOP_STRINGS, sha256_text
+from radgpt.net import SecurityHeaders
 from radgpt.serve.batcher import Batcher, Job, QueueFull
 
 HERE = Path(__file__).parent
@@ -94,30 +94,6 @@ def _validation_message(e: ValidationError) -> str:
 
 
 # ---------------------------------------------------------------------------------------- middleware
-class SecurityHeaders:
-    CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-           "frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-
-        async def send_with_headers(message):
-            if message["type"] == "http.response.start":
-                h = MutableHeaders(scope=message)
-                h["Content-Security-Policy"] = self.CSP
-                h["X-Content-Type-Options"] = "nosniff"
-                h["Referrer-Policy"] = "no-referrer"
-                if not scope["path"].startswith("/static/"):
-                    h["Cache-Control"] = "no-store"  # report text must not linger in caches
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-
 class AuditLog:
     """JSON lines: time, client, endpoint, model, status, sizes, latency, sha256 of input/output text."""
 

@@ -23,11 +23,11 @@ from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, bindparam, case, func, select
 from sqlalchemy.dialects import postgresql, sqlite
-from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from radgpt.errors import FatalError
+from radgpt.net import SecurityHeaders
 from radgpt.study import auth
 from radgpt.study.create import Fields, assign_all_readers, create_study
 from radgpt.study.criteria import CRITERIA, NAMES, PREFERENCES, SCALE
@@ -54,33 +54,6 @@ class RatingIn(BaseModel):
     clinical_utility: int | None = Field(None, ge=1, le=5)
     comment: str = Field("", max_length=5000)
     preference: str | None = None
-
-
-class SecurityHeaders:
-    """Pure ASGI middleware: Starlette's @app.middleware("http") wraps every response in extra tasks and streams."""
-
-    CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-           "frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
-
-    def __init__(self, app):
-        self.app = app
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        static = scope["path"].startswith("/static/")
-
-        async def send_with_headers(message):
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                headers["Content-Security-Policy"] = self.CSP
-                headers["X-Content-Type-Options"] = "nosniff"
-                headers["Referrer-Policy"] = "no-referrer"
-                if not static:
-                    headers["Cache-Control"] = "no-store"  # report text must not linger in caches
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
 
 
 def _safe_next(url: str | None) -> str:

@@ -12,7 +12,6 @@ candidate order follow the study seed (reproducible, auditable); the tokens in U
 
 from __future__ import annotations
 
-import json
 import random
 import re
 import secrets
@@ -23,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from radgpt.errors import FatalError
+from radgpt.jsonl import json_objects
 from radgpt.study.models import Assignment, Candidate, Case, Slot, Study, System, User
 
 REFERENCE_NAME = "reference"
@@ -41,17 +41,7 @@ class Fields:
 
 
 def read_jsonl(name: str, text: str) -> list[dict]:
-    rows = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise FatalError(f"{name}:{n}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise FatalError(f"{name}:{n}: each line must be a JSON object")
-        rows.append(row)
+    rows = [row for _, row in json_objects(text.splitlines(), name)]
     if not rows:
         raise FatalError(f"{name}: no records")
     return rows
