@@ -83,3 +83,20 @@ def test_vllm_adapter_compatibility(tiny_run, tmp_path, capsys):
 def test_export_refuses_what_is_not_a_run(tmp_path, capsys):
     assert main(["export", str(tmp_path)]) == 2
     assert "not a radgpt run folder" in capsys.readouterr().err
+
+
+def test_gguf_export_of_a_hugging_face_base_says_what_to_do_instead(tiny_run, tmp_path, capsys):
+    assert main(["export", str(tiny_run), "--quantization", "q8_0", "--out", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err
+    assert "base is a GGUF" in err and "convert_hf_to_gguf.py" in err
+    assert not (tmp_path / "g").exists()  # refused before any merge or write
+
+
+def test_llama_cpp_backend_refuses_a_folder_without_gguf(tmp_path):
+    import pytest
+
+    from radgpt.backends import LlamaCppBackend
+    from radgpt.errors import FatalError
+
+    with pytest.raises(FatalError, match="no model.gguf"):
+        LlamaCppBackend(tmp_path)
