@@ -94,12 +94,21 @@ class TransformersBackend(Backend):
         with warnings.catch_warnings():  # peft/transformers deprecation chatter on every load
             warnings.simplefilter("ignore", FutureWarning)
             loaded = load_run(run_dir, device=device, merge=True)
-        self.model, self.tokenizer = loaded.model, loaded.tokenizer
-        self.model.config.use_cache = True
-        self.device = device
         dt = pick_dtype(dtype, device)
-        self.autocast = None if dt == torch.float32 else dt
+        self._setup(loaded.model, loaded.tokenizer, None if dt == torch.float32 else dt)
         self.loaded = loaded
+
+    @classmethod
+    def from_model(cls, model, tokenizer, autocast=None) -> "TransformersBackend":
+        """Wrap a model already in memory (finetune's validation decodes the model it just trained)."""
+        be = cls.__new__(cls)
+        be._setup(model, tokenizer, autocast)
+        return be
+
+    def _setup(self, model, tokenizer, autocast) -> None:
+        self.model, self.tokenizer, self.autocast = model, tokenizer, autocast
+        self.model.config.use_cache = True
+        self.device = str(next(model.parameters()).device)
 
     def generate(self, prompts, decoding, max_tokens=None, on_delta=None, should_stop=None):
         import torch
