@@ -28,7 +28,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="run folder, export folder or baseline:NAME; repeat to serve several (first = default)")
     p.add_argument("--name", action="append", dest="names", metavar="NAME",
                    help="the model's name in the API, one per --model (default: the folder name)")
-    p.add_argument("--backend", default="auto", choices=["auto", "transformers", "ct2", "llama.cpp"])
+    from radgpt.impress import BACKENDS
+
+    p.add_argument("--backend", default="auto", choices=list(BACKENDS))
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
     p.add_argument("--cases", help="JSONL of prior cases for similar-case retrieval (default: the run's own)")
