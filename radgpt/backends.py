@@ -199,6 +199,12 @@ class TransformersBackend(Backend):
 EXPORT_INFO = "radgpt_export.json"
 
 
+def export_meta(folder: Path) -> dict:
+    """What `radgpt export` recorded about an export folder (source run, base, adapter hash, quantization)."""
+    path = Path(folder) / EXPORT_INFO
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
 class CT2Backend(Backend):
     """A CTranslate2 model folder written by `radgpt export` (model.bin + tokenizer + template)."""
 
@@ -335,9 +341,7 @@ class CT2Backend(Backend):
         return finish
 
     def info(self):
-        meta = {}
-        if (self.folder / EXPORT_INFO).exists():
-            meta = json.loads((self.folder / EXPORT_INFO).read_text())
+        meta = export_meta(self.folder)
         return {"backend": self.name, "device": self.device, "compute_type": self.compute_type,
                 "export": str(self.folder), "quantization": meta.get("quantization")}
 
@@ -432,9 +436,7 @@ class LlamaCppBackend(Backend):
         return out  # type: ignore[return-value]
 
     def info(self):
-        meta = {}
-        if (self.folder / EXPORT_INFO).exists():
-            meta = json.loads((self.folder / EXPORT_INFO).read_text())
+        meta = export_meta(self.folder)
         return {"backend": self.name, "device": "cpu", "export": str(self.folder),
                 "quantization": meta.get("quantization"), "engines": len(self.engines)}
 

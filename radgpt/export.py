@@ -26,6 +26,7 @@ import time
 from datetime import UTC, datetime, timezone
 from pathlib import Path
 
+from radgpt.backends import EXPORT_INFO, export_meta
 from radgpt.errors import FatalError
 from radgpt.export_gguf import GGUF_FILE, GGUF_QUANTIZATIONS, base_gguf, write_gguf
 
@@ -61,10 +62,11 @@ def find_export(run: str | Path, digest: str | None = None, quantization: str = 
     if digest is None:
         return None
     d = cache_export_dir(run, digest, quantization)
-    return d if _model_file(d) is not None and (d / "radgpt_export.json").exists() else None
+    return d if export_model_file(d) is not None and (d / EXPORT_INFO).exists() else None
 
 
-def _model_file(folder: Path) -> Path | None:
+def export_model_file(folder: Path) -> Path | None:
+    """The engine file of an export folder: CTranslate2's model.bin or llama.cpp's model.gguf."""
     for name in ("model.bin", GGUF_FILE):
         if (folder / name).exists():
             return folder / name
@@ -91,8 +93,8 @@ def export_run(run: str | Path, out: str | Path | None = None, quantization: str
     source_gguf = base_gguf(base) if gguf else None  # fails early, before the merge, for an HF base
     digest = adapter_hash(run)
     out = Path(out) if out else cache_export_dir(run, digest, quantization)
-    if _model_file(out) is not None and not force:
-        meta = json.loads((out / "radgpt_export.json").read_text()) if (out / "radgpt_export.json").exists() else {}
+    if export_model_file(out) is not None and not force:
+        meta = export_meta(out)
         if meta.get("adapter_sha256") == digest and meta.get("quantization") == quantization:
             log(f"{out}: up to date")
             return out
@@ -131,7 +133,7 @@ def export_run(run: str | Path, out: str | Path | None = None, quantization: str
     for name in COPY_FILES:
         if (run / name).exists():
             shutil.copy2(run / name, target / name)
-    (target / "radgpt_export.json").write_text(json.dumps({
+    (target / EXPORT_INFO).write_text(json.dumps({
         "source_run": str(run.resolve()), "base": (cfg.get("model") or {}).get("base"), "adapter_sha256": digest,
         "quantization": quantization, **engine, "created": datetime.now(UTC).isoformat(timespec="seconds")},
         indent=2))

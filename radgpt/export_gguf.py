@@ -1,6 +1,6 @@
-"""`radgpt export --format gguf`: a finetune run → one .gguf file for llama.cpp (llama-cpp-python).
+"""`radgpt export --quantization q8_0` (or f16, f32): a finetune run → one .gguf file for llama.cpp.
 
-    radgpt export models/radgpt-smollm2-135m --format gguf          # → the radgpt cache; impress finds it
+    radgpt export models/radgpt-smollm2-135m --quantization q8_0    # → the radgpt cache; impress finds it
 
 Only for runs whose base is itself a GGUF (the packaged SmolLM2 default, or a `model.base=/x.gguf`): the
 base file supplies the architecture and tokenizer metadata, which are copied as they are; the weights are

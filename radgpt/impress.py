@@ -335,14 +335,15 @@ def load_model(spec: str | None = None, backend: str = "auto", device: str = "cp
         raise FatalError(f"{folder}: the model wants {k} retrieved examples per prompt but there are no cases; "
                          "pass --cases FILE.jsonl")
     from radgpt import export as ex
-    from radgpt.backends import EXPORT_INFO, CT2Backend, LlamaCppBackend, TransformersBackend
+    from radgpt.backends import CT2Backend, LlamaCppBackend, TransformersBackend, export_meta
     from radgpt.export_gguf import GGUF_FILE
 
     if backend not in BACKENDS:
         raise FatalError(f"unknown backend '{backend}' ({', '.join(BACKENDS)})")
-    meta = json.loads((folder / EXPORT_INFO).read_text()) if (folder / EXPORT_INFO).exists() else {}
-    if (folder / "model.bin").exists() or (folder / GGUF_FILE).exists():  # an export folder
-        gguf = (folder / GGUF_FILE).exists()
+    engine_file = ex.export_model_file(folder)
+    if engine_file is not None:  # an export folder
+        gguf = engine_file.name == GGUF_FILE
+        meta = export_meta(folder)
         if backend not in ("auto", "llama.cpp" if gguf else "ct2"):
             raise FatalError(f"{folder}: a {'GGUF' if gguf else 'CTranslate2'} export; use --backend "
                              f"{'llama.cpp' if gguf else 'ct2'} or the run folder it came from")
