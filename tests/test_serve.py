@@ -202,7 +202,7 @@ def test_one_megabyte_body_is_413(echo_client):
         for _ in range(40):
             yield b"a" * 32768
 
-    r = echo_client.post("/v1/impressions", content=chunks())
+    r = echo_client.post("/v1/impressions", content=chunks(), headers={"Content-Type": "application/json"})
     assert r.status_code == 413
     assert echo_client.get("/nope").json()["error"]["code"] == "not_found"
 

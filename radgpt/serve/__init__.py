@@ -18,7 +18,7 @@ import argparse
 import os
 
 from radgpt.errors import FatalError
-from radgpt.net import is_loopback
+from radgpt.net import is_loopback, slow_client_guard
 
 LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
 
@@ -45,6 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request before 504")
     p.add_argument("--max-tokens", type=int, default=256, help="largest max_tokens a request may ask")
     p.add_argument("--max-body-kb", type=int, default=256, help="largest request body (413 above)")
+    p.add_argument("--max-prompt-tokens", type=int, default=2048,
+                   help="largest prompt in tokens, template and similar cases included (400 above)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
                               threads=args.threads, log=lambda m: print(f"radgpt serve: {m}", flush=True))
         models[name] = loader
     settings = Settings(max_body_bytes=args.max_body_kb * 1024, max_tokens=args.max_tokens,
+                        max_prompt_tokens=args.max_prompt_tokens,
                         timeout_s=args.timeout, max_batch=args.max_batch, max_queue=args.max_queue,
                         batch_wait_ms=args.batch_wait_ms, api_key=api_key, audit_log=args.audit_log or None,
                         allowed_hosts=LOOPBACK_NAMES if loopback else None)
@@ -87,5 +90,7 @@ def run(args: argparse.Namespace) -> int:
     shown = f"[{args.host}]" if ":" in args.host else args.host
     print(f"radgpt serve: http://{shown}:{args.port}  models: {', '.join(models)}"
           f"{'  (API key required)' if api_key else ''}  audit log: {args.audit_log or 'off'}", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    # slow clients get 10 s to send a request and 5 s of keep-alive idling; shutdown waits at most 5 s
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
+                http=slow_client_guard(10.0), timeout_keep_alive=5, timeout_graceful_shutdown=5)
     return 0

@@ -8,6 +8,7 @@
   const out = $("impression"), meta = $("meta"), similar = $("similar"), status = $("status");
   const modelSel = $("model"), keyRow = $("key-row"), keyInput = $("apikey");
   const flagsBox = $("flags-box"), flags = $("flags"), copied = $("copied");
+  let highFlag = null, copyArmed = false;
   let controller = null;
 
   keyInput.value = sessionStorage.getItem("radgpt_key") || "";
@@ -70,14 +71,48 @@
     if (!cases.length) similar.innerHTML = "<li>No prior cases available.</li>";
   }
 
-  function showFlags(list) {
+  // Text with the flagged character spans wrapped in <mark> (built as DOM nodes: report text is never HTML).
+  function marked(text, spans) {
+    const frag = document.createDocumentFragment();
+    const sorted = spans.slice().sort((a, b) => a[0] - b[0]);
+    let at = 0;
+    for (const [start, end, severity] of sorted) {
+      if (start < at || end <= start) continue;
+      frag.append(text.slice(at, start));
+      const m = document.createElement("mark");
+      m.className = "flag-" + severity;
+      m.textContent = text.slice(start, end);
+      frag.append(m);
+      at = end;
+    }
+    frag.append(text.slice(at));
+    return frag;
+  }
+
+  function showFlags(list, impression, findingsText) {
     flags.replaceChildren();
+    highFlag = null;
     if (!list || !list.length) { flagsBox.hidden = true; return; }
+    const spans = [];
     for (const f of list) {
       const li = document.createElement("li");
-      li.textContent = f.severity + ": " + f.message;
+      li.className = "flag-" + f.severity;
+      const sev = document.createElement("strong");
+      sev.textContent = f.severity;
+      li.append(sev, ": " + f.message);
+      const words = (f.findings_spans || []).map(([a, b]) => findingsText.slice(a, b));
+      if (words.length) {
+        li.append(" — findings: ");
+        words.forEach((w, i) => {
+          const m = document.createElement("mark"); m.className = "flag-" + f.severity; m.textContent = w;
+          li.append(i ? ", " : "", m);
+        });
+      }
       flags.append(li);
+      for (const [a, b] of f.impression_spans || []) spans.push([a, b, f.severity]);
+      if (f.severity === "high" && !highFlag) highFlag = f;
     }
+    if (impression !== undefined) out.replaceChildren(marked(impression, spans));
     flagsBox.hidden = false;
   }
 
@@ -92,7 +127,7 @@
     if (!text.trim()) { status.textContent = "Paste the findings first."; status.className = "error"; findings.focus(); return; }
     if (controller) controller.abort();
     controller = new AbortController();
-    out.textContent = ""; meta.textContent = ""; copied.textContent = ""; showFlags([]);
+    out.textContent = ""; meta.textContent = ""; copied.textContent = ""; showFlags([]); resetCopy();
     similar.replaceChildren();
     status.className = ""; status.textContent = "Writing the impression…";
     setBusy(true);
@@ -126,7 +161,7 @@
             else if (ev.type === "delta") out.textContent += ev.text;
             else if (ev.type === "done") {
               out.textContent = ev.impression;
-              showFlags(ev.consistency_flags);
+              showFlags(ev.consistency_flags, ev.impression, text);
               meta.textContent = ev.model + " · " + Math.round(performance.now() - t0) + " ms" +
                 (ev.finish_reason === "length" ? " · cut at the token limit" : "");
             } else if (ev.type === "error") throw new Error(ev.error.message);
@@ -149,7 +184,19 @@
   });
   document.addEventListener("keydown", (e) => { if (e.key === "Escape" && controller) controller.abort(); });
   stop.addEventListener("click", () => { if (controller) controller.abort(); });
+  // An impression with a high flag (a missed pneumothorax, an invented nodule, ...) is copied only after
+  // a second, deliberate press: the first one says why.
+  function resetCopy() { copyArmed = false; copy.textContent = "Copy impression"; }
   copy.addEventListener("click", async () => {
+    if (highFlag && !copyArmed) {
+      copyArmed = true;
+      copy.textContent = "Copy anyway";
+      copied.textContent = "High-severity check: " + highFlag.message + ". Review it, then press Copy anyway.";
+      copied.className = "error";
+      return;
+    }
+    copied.className = "";
+    resetCopy();
     const text = out.textContent.trim();
     try { await navigator.clipboard.writeText(text); }
     catch (e) {  // clipboard API unavailable (e.g. not a secure context): select the text instead
