@@ -1,8 +1,10 @@
-"""`radgpt study create|add-user|serve|analyze` — the reader study, from prediction files to a report.
+"""`radgpt study create|add-user|unlock|serve|analyze` — the reader study, from prediction
+files to a report.
 
   radgpt study create --db study.db --references refs.jsonl --predictions lora=a.jsonl tfidf=b.jsonl \
       --n-cases 50 --select stratified --seed 0
   radgpt study add-reader alice --db study.db          # prints a generated password, once
+  radgpt study unlock alice --db study.db               # after too many failed sign-ins
   radgpt study serve --db study.db                      # http://127.0.0.1:8765
   radgpt study analyze --db study.db --out report/      # report.html, CSVs, scores.png
 """
@@ -52,6 +54,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--db", required=True)
     p.add_argument("--role", choices=["reader", "admin"], default="reader")
     p.add_argument("--password-file", type=Path, help="file with the password ('-' = stdin); default: generated")
+
+    p = sub.add_parser("unlock", help="lift the sign-in lock set after too many failed attempts")
+    p.add_argument("username")
+    p.add_argument("--db", required=True)
 
     p = sub.add_parser("serve", help="serve the study web app (loopback only unless --allow-remote)")
     p.add_argument("--db", required=True)
@@ -139,6 +145,18 @@ def _add_user(args) -> int:
     return 0
 
 
+def _unlock(args) -> int:
+    from radgpt.study import throttle
+    from radgpt.study.models import open_db
+
+    engine, Session = open_db(_existing_db(args.db), create=True)
+    with Session.begin() as s:
+        cleared = throttle.unlock(s, args.username)
+    engine.dispose()
+    print(f"'{args.username}' unlocked" if cleared else f"'{args.username}' had no failed sign-ins to clear")
+    return 0
+
+
 def _serve(args) -> int:
     import uvicorn
     from sqlalchemy import select
@@ -174,6 +192,6 @@ def _analyze(args) -> int:
 
 
 def run(args) -> int:
-    cmd = {"create": _create, "add-user": _add_user, "add-reader": _add_user, "serve": _serve,
-           "analyze": _analyze}[args.study_cmd]
+    cmd = {"create": _create, "add-user": _add_user, "add-reader": _add_user, "unlock": _unlock,
+           "serve": _serve, "analyze": _analyze}[args.study_cmd]
     return cmd(args)

@@ -91,6 +91,15 @@ class AuthSession(Base):
     expires_at: Mapped[float] = mapped_column(Float)
 
 
+class LoginThrottle(Base):
+    """Consecutive failed sign-ins for one key, "user:NAME" or "addr:IP" (see `throttle`)."""
+
+    __tablename__ = "login_throttle"
+    key: Mapped[str] = mapped_column(String(120), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure: Mapped[float] = mapped_column(Float)
+
+
 class Assignment(Base):
     """One case in one reader's (shuffled) worklist."""
 
