@@ -18,7 +18,7 @@ from radgpt.errors import FatalError
 from radgpt.study import auth, throttle
 from radgpt.study.app import create_app
 from radgpt.study.create import Fields, blinding_codes, create_study, reader_plan, select_cases
-from radgpt.study.models import AuthSession, LoginThrottle, Rating, System, open_db
+from radgpt.study.models import AuthSession, LoginThrottle, Rating, System, User, open_db
 from radgpt.study.synthetic import make_study, write_files
 
 PW = "correct-horse-battery"
@@ -441,3 +441,46 @@ def test_password_checks_run_one_at_a_time_beside_fast_saves(study, monkeypatch)
             th.join(30)
     assert results == [303] * 6 and peak[0] == 1
     assert save_s < 1.0  # not queued behind ~1.2 s of password checks
+
+
+# --- accounts from the command line ----------------------------------------------------------------------
+
+class ClosedPipe:
+    def write(self, _text):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self):
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_add_reader_commits_only_once_the_password_is_out(study, monkeypatch, capsys):
+    db, _ = study
+    with monkeypatch.context() as m:
+        m.setattr("sys.stdout", ClosedPipe())
+        assert main(["study", "add-reader", "erin", "--db", db]) == 2
+    assert "nothing was changed" in capsys.readouterr().err
+    _, Session = open_db(db)
+    with Session() as s:
+        assert s.scalar(select(User.id).where(User.username == "erin")) is None  # so it can simply be re-run
+    assert main(["study", "add-reader", "erin", "--db", db]) == 0
+    assert "password:" in capsys.readouterr().out
+
+
+def test_reset_password_signs_out_and_unlocks(study, client, capsys, monkeypatch):
+    db, _ = study
+    login(client, "alice")
+    _, Session = open_db(db)
+    with Session.begin() as s:
+        s.add(LoginThrottle(key="user:alice", failures=throttle.USER_LOCK, last_failure=time.time()))
+    with pytest.raises(FatalError, match="no user"):
+        with Session.begin() as s:
+            auth.reset_password(s, "nobody", None)
+    with monkeypatch.context() as m:
+        m.setattr("sys.stdout", ClosedPipe())
+        assert main(["study", "reset-password", "alice", "--db", db]) == 2
+    assert attempt(client, "alice", PW).status_code == 429  # unchanged: still locked, old password
+    assert main(["study", "reset-password", "alice", "--db", db]) == 0
+    new = re.search(r"new password: (\S+)", capsys.readouterr().out).group(1)
+    assert client.get("/read?list", follow_redirects=False).status_code == 303  # the old session is gone
+    assert attempt(client, "alice", PW).headers["location"].startswith("/login?failed=1")
+    assert attempt(client, "alice", new).headers["location"] == "/"

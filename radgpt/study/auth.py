@@ -13,6 +13,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from radgpt.errors import FatalError
+from radgpt.study import throttle
 from radgpt.study.create import assign_reader
 from radgpt.study.models import AuthSession, User
 
@@ -35,16 +36,34 @@ def add_user(s: Session, username: str, password: str | None, role: str = "reade
         raise FatalError(f"role must be reader or admin, not '{role}'")
     if s.scalar(select(User.id).where(User.username == username)) is not None:
         raise FatalError(f"user '{username}' already exists")
-    if password is None:
-        password = secrets.token_urlsafe(12)
-    if len(password) < MIN_PASSWORD:
-        raise FatalError(f"password for '{username}' is shorter than {MIN_PASSWORD} characters")
+    password = _new_password(username, password)
     user = User(username=username, password_hash=_hasher.hash(password), role=role)
     s.add(user)
     s.flush()
     if role == "reader":
         assign_reader(s, user)
     return user, password
+
+
+def _new_password(username: str, password: str | None) -> str:
+    if password is None:
+        return secrets.token_urlsafe(12)
+    if len(password) < MIN_PASSWORD:
+        raise FatalError(f"password for '{username}' is shorter than {MIN_PASSWORD} characters")
+    return password
+
+
+def reset_password(s: Session, username: str, password: str | None) -> str:
+    """Set a new password (generated if None), end the user's sessions and lift a sign-in lock: whoever
+    held the old password or a session is out. Returns the password — show it once, never log it."""
+    user = s.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise FatalError(f"no user '{username}'")
+    password = _new_password(username, password)
+    user.password_hash = _hasher.hash(password)
+    s.execute(delete(AuthSession).where(AuthSession.user_id == user.id))
+    throttle.unlock(s, username)
+    return password
 
 
 def authenticate(s: Session, username: str, password: str) -> User | None:

@@ -1,9 +1,10 @@
-"""`radgpt study create|add-user|unlock|serve|analyze` — the reader study, from prediction
+"""`radgpt study create|add-user|reset-password|unlock|serve|analyze` — the reader study, from prediction
 files to a report.
 
   radgpt study create --db study.db --references refs.jsonl --predictions lora=a.jsonl tfidf=b.jsonl \
       --n-cases 50 --select stratified --seed 0
   radgpt study add-reader alice --db study.db          # prints a generated password, once
+  radgpt study reset-password alice --db study.db      # a new one (ends her sessions, lifts a lock)
   radgpt study unlock alice --db study.db               # after too many failed sign-ins
   radgpt study serve --db study.db                      # http://127.0.0.1:8765
   radgpt study analyze --db study.db --out report/      # report.html, CSVs, scores.png
@@ -55,6 +56,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--role", choices=["reader", "admin"], default="reader")
     p.add_argument("--password-file", type=Path, help="file with the password ('-' = stdin); default: generated")
 
+    p = sub.add_parser("reset-password", help="give a user a new password (ends their sessions, lifts a lock)")
+    p.add_argument("username")
+    p.add_argument("--db", required=True)
+    p.add_argument("--password-file", type=Path, help="file with the password ('-' = stdin); default: generated")
+
     p = sub.add_parser("unlock", help="lift the sign-in lock set after too many failed attempts")
     p.add_argument("username")
     p.add_argument("--db", required=True)
@@ -96,6 +102,15 @@ def _read(path: Path) -> str:
         raise FatalError(f"{path}: not UTF-8 text") from None
 
 
+def _show_password(line: str) -> None:
+    """Print a new password and make sure it left this process, before the caller commits the account: a
+    closed pipe would otherwise lose a password whose account already exists."""
+    try:
+        print(line, flush=True)
+    except OSError as e:
+        raise FatalError(f"could not print the password ({e.strerror or e}); nothing was changed") from None
+
+
 def _existing_db(db: str) -> str:
     if "://" not in db and not Path(db).is_file():
         raise FatalError(f"{db}: no such study database (create it with `radgpt study create`)")
@@ -127,7 +142,7 @@ def _create(args) -> int:
         if s.scalar(select(User.id).where(User.role == "admin")) is None:
             given = _read_secret(args.admin_password_file) or os.environ.get(ADMIN_PASSWORD_ENV)
             _user, password = auth.add_user(s, args.admin, given, "admin")
-            print(f"admin account '{args.admin}' created" + ("" if given else f"; password: {password}"))
+            _show_password(f"admin account '{args.admin}' created" + ("" if given else f"; password: {password}"))
     engine.dispose()
     return 0
 
@@ -138,10 +153,24 @@ def _add_user(args) -> int:
 
     engine, Session = open_db(args.db, create=True)
     given = _read_secret(args.password_file)
-    with Session.begin() as s:
+    with Session.begin() as s:  # commits only once the password is out
         _user, password = auth.add_user(s, args.username, given, args.role)
+        _show_password(f"{args.role} '{args.username}' created" + ("" if given else f"; password: {password}"))
     engine.dispose()
-    print(f"{args.role} '{args.username}' created" + ("" if given else f"; password: {password}"))
+    return 0
+
+
+def _reset_password(args) -> int:
+    from radgpt.study import auth
+    from radgpt.study.models import open_db
+
+    engine, Session = open_db(_existing_db(args.db), create=True)
+    given = _read_secret(args.password_file)
+    with Session.begin() as s:
+        password = auth.reset_password(s, args.username, given)
+        _show_password(f"password of '{args.username}' reset; signed out everywhere"
+                       + ("" if given else f"; new password: {password}"))
+    engine.dispose()
     return 0
 
 
@@ -192,6 +221,6 @@ def _analyze(args) -> int:
 
 
 def run(args) -> int:
-    cmd = {"create": _create, "add-user": _add_user, "add-reader": _add_user, "unlock": _unlock,
-           "serve": _serve, "analyze": _analyze}[args.study_cmd]
+    cmd = {"create": _create, "add-user": _add_user, "add-reader": _add_user, "reset-password": _reset_password,
+           "unlock": _unlock, "serve": _serve, "analyze": _analyze}[args.study_cmd]
     return cmd(args)

@@ -1,5 +1,5 @@
 """Sign-in throttling: exponential back-off per user name and per client address, and a lock on a user name
-after `USER_LOCK` failures in a row, lifted only by `radgpt study unlock`.
+after `USER_LOCK` failures in a row, lifted only by `radgpt study unlock` (or `reset-password`).
 
 Counters live in the database, so the CLI can unlock a user of a running server and a restart forgets
 nothing. An attempt that must wait is refused before its password is hashed: a flood costs no argon2 time.
