@@ -1,10 +1,13 @@
-"""The real server as a subprocess: kill -9 in the middle of a rating session loses no acknowledged rating."""
+"""The real server as a subprocess: kill -9 in the middle of a rating session loses no acknowledged rating;
+slow clients are disconnected."""
 
 from __future__ import annotations
 
 import os
 import re
+import selectors
 import signal
+import socket
 import threading
 import time
 
@@ -89,5 +92,68 @@ def test_kill_minus_9_loses_no_acknowledged_rating(tmp_path):
             rows = s.scalars(select(Rating.slot_id)).all()
         assert len(rows) == len(set(rows))  # no duplicates either
     finally:
+        server.kill()
+        server.wait(10)
+
+
+def test_slow_clients_are_disconnected(tmp_path):
+    # uvicorn alone held connections that trickle header bytes (or send nothing) for ever: 32 for 70 s.
+    db = str(tmp_path / "study.db")
+    make_study(db, tmp_path / "files", readers=[], password=PW, n_cases=2)
+    port = free_port()
+    server = start_server(db, port, "--request-timeout", "2")
+    sel = selectors.DefaultSelector()
+    opened = {}
+    try:
+        def connect(kind: str, first: bytes) -> socket.socket:
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(first)
+            sel.register(s, selectors.EVENT_READ, kind)
+            opened[s] = time.monotonic()
+            return s
+
+        slow = [connect("slow head", b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n") for _ in range(32)]
+        for _ in range(4):
+            connect("silent", b"")
+        connect("slow body", b"PUT /api/ratings/x HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json"
+                             b"\r\nContent-Length: 100\r\n\r\n{")
+        idle = connect("idle after a response", b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        closed: dict[str, list[float]] = {}
+        got_response = b""
+        t0, last_trickle = time.monotonic(), 0.0
+        while len(closed.get("slow head", [])) < 32 or sum(map(len, closed.values())) < len(opened):
+            now = time.monotonic()
+            assert now - t0 < 15, f"still open after 15 s: {closed}"
+            if now - last_trickle > 0.5:  # one more header line every half second, never the end
+                for s in slow:
+                    if s in opened and s.fileno() != -1:
+                        try:
+                            s.sendall(b"X-Slow: 1\r\n")
+                        except OSError:
+                            pass
+                last_trickle = now
+                # meanwhile the server answers everyone else at once
+                r = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2)
+                assert r.status_code == 200
+            for key, _ in sel.select(timeout=0.1):
+                s = key.fileobj
+                try:
+                    data = s.recv(4096)
+                except ConnectionResetError:
+                    data = b""
+                if data:
+                    got_response += data
+                    continue
+                closed.setdefault(key.data, []).append(time.monotonic() - opened[s])
+                sel.unregister(s)
+                s.close()
+        assert b"200 OK" in got_response  # the idle connection had its answer first
+        for kind in ("slow head", "silent", "slow body"):
+            assert all(1.5 < t < 5 for t in closed[kind]), (kind, closed[kind])
+        assert 4 < closed["idle after a response"][0] < 8  # uvicorn's keep-alive timeout, 5 s
+        assert idle.fileno() == -1
+    finally:
+        for s in list(opened):
+            s.close()
         server.kill()
         server.wait(10)

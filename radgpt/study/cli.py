@@ -22,6 +22,7 @@ from radgpt.net import is_loopback
 
 ADMIN_PASSWORD_ENV = "RADGPT_STUDY_ADMIN_PASSWORD"
 LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
+KEEP_ALIVE = 5  # seconds an idle connection is kept after a response (uvicorn's default, stated on purpose)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -76,6 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--sqlite-sync", choices=["full", "normal"], default="full",
                    help="full: every rating fsynced (survives power loss); normal: survives a killed server, "
                         "faster, may lose the last seconds on power loss")
+    p.add_argument("--request-timeout", type=float, default=30.0,
+                   help="seconds a client has to send a whole request, headers and body (slow clients are "
+                        "disconnected; raise it for large uploads over slow links)")
 
     p = sub.add_parser("analyze", help="statistics, agreement, figure, CSV and HTML report")
     p.add_argument("--db", required=True)
@@ -190,6 +194,7 @@ def _serve(args) -> int:
     import uvicorn
     from sqlalchemy import select
 
+    from radgpt.net import slow_client_guard
     from radgpt.study.app import create_app
     from radgpt.study.models import User, open_db
 
@@ -206,8 +211,10 @@ def _serve(args) -> int:
     app = create_app(db, session_hours=args.session_hours, secure_cookies=args.secure_cookies,
                      allowed_hosts=LOOPBACK_NAMES if loopback else None, sqlite_sync=args.sqlite_sync)
     print(f"reader study on http://{args.host}:{args.port}", flush=True)
-    # access_log off: paths carry only random tokens, but a study log has no need for them.
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    # access_log off: paths carry only random tokens, but a study log has no need for them. uvicorn alone
+    # bounds neither a client that sends its headers a byte at a time nor one that sends nothing.
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
+                http=slow_client_guard(args.request_timeout), timeout_keep_alive=KEEP_ALIVE)
     return 0
 
 
