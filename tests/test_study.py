@@ -17,8 +17,9 @@ from radgpt.cli import main
 from radgpt.errors import FatalError
 from radgpt.study import auth, throttle
 from radgpt.study.app import create_app
-from radgpt.study.create import Fields, blinding_codes, create_study, reader_plan, select_cases
-from radgpt.study.models import AuthSession, LoginThrottle, Rating, System, User, open_db
+from radgpt.study.create import Fields, assign_reader, blinding_codes, create_study, reader_plan, select_cases
+from radgpt.study.models import (Assignment, AuthSession, Candidate, Case, LoginThrottle, Rating, Slot, Study,
+                                 System, User, open_db)
 from radgpt.study.synthetic import make_study, write_files
 
 PW = "correct-horse-battery"
@@ -356,6 +357,117 @@ def test_csv_export_neutralises_formulas():
 
     row = {c: None for c in COLUMNS} | {"reader": "alice", "comment": "=HYPERLINK(\"http://x\")"}
     assert "'=HYPERLINK" in to_csv([row])
+
+
+# --- blinding against a reader who knows the code ------------------------------------------------------
+
+def seen_by(client: TestClient) -> list[tuple[str, list[str]]]:
+    """Everything a signed-in reader sees of the study, in her order: findings and candidate texts."""
+    pages = [client.get(f"/api/items/{t}").json() for t in item_tokens(client)]
+    return [(p["findings"], [c["text"] for c in p["candidates"]]) for p in pages]
+
+
+def seed_search(files, username: str, seen, guesses) -> int | None:
+    """The attack: rebuild the study with this code for each guessed seed and see whether the reader's pages
+    come out the same. A hit maps every candidate on her pages to its model."""
+    ref, preds = files
+    for guess in guesses:
+        _, Session = open_db("sqlite://", create=True)
+        create_study(Session, (ref.name, ref.read_text()), [(m, p.name, p.read_text()) for m, p in preds],
+                     seed=guess, include_reference=True)
+        with Session.begin() as s:
+            user = User(username=username, password_hash="-", role="reader")
+            s.add(user)
+            s.flush()
+            assign_reader(s, user)
+        with Session() as s:
+            rows = s.execute(select(Assignment.position, Case.findings, Candidate.text)
+                             .join(Case, Case.id == Assignment.case_id)
+                             .join(Slot, Slot.assignment_id == Assignment.id)
+                             .join(Candidate, Candidate.id == Slot.candidate_id)
+                             .order_by(Assignment.position, Slot.position)).all()
+        pages: dict[int, tuple[str, list[str]]] = {}
+        for pos, findings, text in rows:
+            pages.setdefault(pos, (findings, []))[1].append(text)
+        if list(pages.values()) == seen:
+            return guess
+    return None
+
+
+def test_seed_search_cannot_unblind_a_study(tmp_path):
+    # The probe of issue #16: orders came from seed 0 (the default) and --pred order, so one reader's pages
+    # and a search over small seeds mapped every candidate. The search below does find a chosen small seed
+    # (so it is a working attack); against the default secret seed it finds nothing.
+    def study_seen(name, **kwargs):
+        db = str(tmp_path / f"{name}.db")
+        make_study(db, tmp_path / name, readers=["alice"], password=PW, n_cases=6, include_reference=True,
+                   **kwargs)
+        with TestClient(create_app(db)) as c:
+            login(c, "alice")
+            return db, seen_by(c)
+
+    files = write_files(tmp_path / "attacker", n_cases=6)  # the texts she reads; she knows the design
+    _, chosen = study_seen("chosen", seed=37)
+    assert seed_search(files, "alice", chosen, range(50)) == 37
+    db, secret = study_seen("secret")
+    assert seed_search(files, "alice", secret, range(50)) is None
+    _, Session = open_db(db)
+    with Session() as s:
+        seed = s.scalar(select(Study.seed))
+    assert re.fullmatch(r"[0-9a-f]{32}", seed)
+    # only the admin sees it (the reader pages were checked for names and codes above; the seed too)
+    assert not any(seed in text or seed in "".join(texts) for text, texts in secret)
+    with TestClient(create_app(db)) as admin:
+        login(admin, "admin")
+        assert seed in admin.get("/admin/key").text
+        assert seed not in admin.get("/admin").text
+
+
+def test_candidate_ids_do_not_follow_the_pred_order(tmp_path):
+    db = str(tmp_path / "s.db")
+    make_study(db, tmp_path / "files", readers=[], password=PW, n_cases=12)
+    _, Session = open_db(db)
+    with Session() as s:
+        orders = {}
+        for case_id, name in s.execute(select(Candidate.case_id, System.name).join(System)
+                                       .order_by(Candidate.id)):
+            orders.setdefault(case_id, []).append(name)
+    assert len({tuple(o) for o in orders.values()}) > 1  # not one fixed (input) order for every case
+
+
+def test_old_study_with_an_integer_seed_still_works(study, tmp_path, capsys, monkeypatch):
+    # Made before seeds were secret: `seed INTEGER` holding 0, and no login_throttle table.
+    db, _ = study
+    with sqlite3.connect(db) as con:
+        con.executescript("""
+            ALTER TABLE study RENAME TO study_new;
+            CREATE TABLE study (id INTEGER PRIMARY KEY, name VARCHAR(200) NOT NULL, seed INTEGER NOT NULL,
+                include_reference BOOLEAN NOT NULL, pairwise BOOLEAN NOT NULL, selection VARCHAR(40) NOT NULL,
+                created_at FLOAT NOT NULL);
+            INSERT INTO study SELECT id, name, 0, include_reference, pairwise, selection, created_at FROM study_new;
+            DROP TABLE study_new;
+            DROP TABLE login_throttle;""")
+    assert main(["study", "add-reader", "dora", "--db", db]) == 0
+    _, Session = open_db(db)
+    with Session() as s:
+        assert s.scalar(select(Study.seed)) == 0  # read back as the int it was: the old orders, reproduced
+        cases = {}
+        for cand, case in s.execute(select(Candidate.id, Candidate.case_id)):
+            cases.setdefault(case, []).append(cand)
+        got = [(a.case_id, [sl.candidate_id for sl in s.scalars(select(Slot).where(Slot.assignment_id == a.id)
+                                                                .order_by(Slot.position))])
+               for a in s.scalars(select(Assignment).join(User).where(User.username == "dora")
+                                  .order_by(Assignment.position))]
+    assert got == reader_plan(0, "dora", cases)
+    with TestClient(create_app(db)) as c:  # the throttle table is created on open
+        csrf = login(c, "dora", re.search(r"password: (\S+)", capsys.readouterr().out).group(1))
+        for cand in c.get(f"/api/items/{item_tokens(c)[0]}").json()["candidates"]:
+            assert put(c, cand["slot"], FULL, csrf).status_code == 200
+    monkeypatch.setattr("uvicorn.run", lambda *a, **k: None)
+    assert main(["study", "serve", "--db", db]) == 0
+    assert "small integer seed" in capsys.readouterr().err
+    assert main(["study", "analyze", "--db", db, "--out", str(tmp_path / "r")]) == 0
+    assert re.search(r"^seed +0 ", capsys.readouterr().out, re.MULTILINE)
 
 
 # --- sign-in throttling ----------------------------------------------------------------------------------

@@ -384,7 +384,7 @@ def create_app(db: str, session_hours: float = 12.0, allowed_hosts: list[str] | 
     def create(request: Request, csrf: str = Form(""), name: str = Form("Reader study"),
                references: UploadFile = File(...), predictions: list[UploadFile] = File(...),
                model_names: str = Form(""), n_cases: str = Form(""), selection: str = Form("random"),
-               seed: int = Form(0), include_reference: bool = Form(False), pairwise: bool = Form(False),
+               seed: str = Form(""), include_reference: bool = Form(False), pairwise: bool = Form(False),
                intersect: bool = Form(False)):
         with Session() as s:
             user, sess = admin(request, s)
@@ -399,8 +399,8 @@ def create_app(db: str, session_hours: float = 12.0, allowed_hosts: list[str] | 
                 preds.append((names[i] if names else Path(fname).stem, fname, f.file.read().decode("utf-8")))
             ref = (Path(references.filename or "references.jsonl").name, references.file.read().decode("utf-8"))
             create_study(Session, ref, preds, fields=Fields(), n_cases=int(n_cases) if n_cases.strip() else None,
-                         selection=selection, seed=seed, include_reference=include_reference, pairwise=pairwise,
-                         intersect=intersect, name=name)
+                         selection=selection, seed=seed.strip() or None, include_reference=include_reference,
+                         pairwise=pairwise, intersect=intersect, name=name)
         except (FatalError, UnicodeDecodeError, ValueError) as e:
             return page(request, "create.html", {"user": user, "csrf": sess.csrf, "error": str(e)}, status=400)
         assign_all_readers(Session)
@@ -430,7 +430,8 @@ def create_app(db: str, session_hours: float = 12.0, allowed_hosts: list[str] | 
         with Session() as s:
             user, sess = admin(request, s)
             systems = s.scalars(select(System).order_by(System.code)).all()
-        return page(request, "key.html", {"user": user, "csrf": sess.csrf, "systems": systems})
+            study = s.scalar(select(Study))
+        return page(request, "key.html", {"user": user, "csrf": sess.csrf, "systems": systems, "study": study})
 
     @app.get("/admin/export/ratings.csv")
     def export(request: Request, blinded: bool = False):

@@ -2,12 +2,12 @@
 files to a report.
 
   radgpt study create --db study.db --references refs.jsonl --predictions lora=a.jsonl tfidf=b.jsonl \
-      --n-cases 50 --select stratified --seed 0
+      --n-cases 50 --select stratified
   radgpt study add-reader alice --db study.db          # prints a generated password, once
   radgpt study reset-password alice --db study.db      # a new one (ends her sessions, lifts a lock)
   radgpt study unlock alice --db study.db               # after too many failed sign-ins
   radgpt study serve --db study.db                      # http://127.0.0.1:8765
-  radgpt study analyze --db study.db --out report/      # report.html, CSVs, scores.png
+  radgpt study analyze --db study.db --out report/      # report.html, CSVs, scores.png; prints the seed
 """
 
 from __future__ import annotations
@@ -37,7 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--n-cases", type=int, default=None, help="cases to rate (default: all shared cases)")
     p.add_argument("--select", choices=["random", "stratified"], default="random",
                    help="stratified = half abnormal, half normal reference impressions")
-    p.add_argument("--seed", type=int, default=0, help="drives case choice, blinding codes and reader orders")
+    p.add_argument("--seed", default=None,
+                   help="drives case choice, blinding codes and reader orders. Default: a secret random seed, "
+                        "shown to the admin on the unblinding key page and by `analyze`. A seed you choose "
+                        "reproduces the study but WEAKENS BLINDING: a reader who guesses it can work out which "
+                        "model wrote each candidate")
     p.add_argument("--include-reference", action="store_true", help="add the reference as a blinded candidate")
     p.add_argument("--pairwise", action="store_true", help="show the reference and ask a preference per candidate")
     p.add_argument("--intersect", action="store_true", help="use only the cases every file covers")
@@ -141,7 +145,9 @@ def _create(args) -> int:
                            include_reference=args.include_reference, pairwise=args.pairwise,
                            intersect=args.intersect, name=args.name)
     print(f"study: {summary['cases']} cases ({summary['abnormal']} abnormal, {summary['normal']} normal), "
-          f"{len(summary['systems'])} blinded candidates per case")
+          f"{len(summary['systems'])} blinded candidates per case; "
+          + ("the seed you chose weakens blinding: keep it from the readers" if args.seed is not None else
+             "secret seed stored (the unblinding key page and `analyze` show it)"))
     with Session.begin() as s:
         if s.scalar(select(User.id).where(User.role == "admin")) is None:
             given = _read_secret(args.admin_password_file) or os.environ.get(ADMIN_PASSWORD_ENV)
@@ -196,7 +202,7 @@ def _serve(args) -> int:
 
     from radgpt.net import slow_client_guard
     from radgpt.study.app import create_app
-    from radgpt.study.models import User, open_db
+    from radgpt.study.models import Study, User, open_db
 
     loopback = is_loopback(args.host)
     if not loopback and not args.allow_remote:
@@ -207,7 +213,12 @@ def _serve(args) -> int:
     with Session() as s:
         if s.scalar(select(User.id).where(User.role == "admin")) is None:
             raise FatalError(f"{db}: no admin account; run `radgpt study add-user NAME --role admin --db {db}`")
+        seed = s.scalar(select(Study.seed))
     engine.dispose()
+    if isinstance(seed, int):  # an INTEGER column: made before seeds were secret (the default was 0)
+        print("warning: this study was created with a small integer seed, which a reader can find by trying "
+              "seeds and then tell which model wrote each candidate; for a blinded study, create a new one "
+              "(a secret seed is drawn by default)", file=sys.stderr)
     app = create_app(db, session_hours=args.session_hours, secure_cookies=args.secure_cookies,
                      allowed_hosts=LOOPBACK_NAMES if loopback else None, sqlite_sync=args.sqlite_sync)
     print(f"reader study on http://{args.host}:{args.port}", flush=True)
@@ -219,11 +230,21 @@ def _serve(args) -> int:
 
 
 def _analyze(args) -> int:
-    from radgpt.study.analyze import analyze_db
+    from sqlalchemy import select
 
-    files = analyze_db(_existing_db(args.db), args.out, blinded=args.blinded)
+    from radgpt.study.analyze import analyze_db
+    from radgpt.study.models import Study, open_db
+
+    db = _existing_db(args.db)
+    files = analyze_db(db, args.out, blinded=args.blinded)
     for what, path in files.items():
         print(f"{what:12s} {path}")
+    engine, Session = open_db(db)
+    with Session() as s:
+        seed = s.scalar(select(Study.seed))
+    engine.dispose()
+    if seed is not None:  # for the admin's terminal only, never in the report files
+        print(f"{'seed':12s} {seed}  (keep it from the readers until the study ends)")
     return 0
 
 

@@ -5,9 +5,11 @@ Input formats (JSON Lines, one record per line; field names can be overridden):
                or clin-summ    {"idx", "inputs", "target"}          (detected from the first record)
   predictions  {"id", "impression"}  ("idx"; "prediction", "output", "generated", "text" also accepted)
 
-Randomness has two sources, on purpose: *which* cases, the blinding codes and every reader's case and
-candidate order follow the study seed (reproducible, auditable); the tokens in URLs come from `secrets`
-(unguessable, so a reader cannot reach another reader's items by editing a URL).
+Randomness has two sources, on purpose: *which* cases, the blinding codes, the order candidates are
+stored in and every reader's case and candidate order follow the study seed (reproducible, auditable once
+it is revealed); the tokens in URLs come from `secrets` (unguessable, so a reader cannot reach another
+reader's items by editing a URL). The seed itself is secret: drawn with `secrets` unless the admin gives
+one, since anyone who knows it can recompute which model wrote each candidate on a reader's page.
 """
 
 from __future__ import annotations
@@ -161,7 +163,7 @@ def check_coverage(ref_name: str, refs: dict, preds: dict[str, tuple[str, dict]]
     return sorted(common, key=lambda s: (len(s), s))
 
 
-def select_cases(strata: dict[str, str], n: int | None, method: str, seed: int) -> list[str]:
+def select_cases(strata: dict[str, str], n: int | None, method: str, seed: int | str) -> list[str]:
     """Seeded choice of `n` case ids: uniformly, or half normal / half abnormal ('stratified')."""
     ids = sorted(strata, key=lambda s: (len(s), s))
     rng = random.Random(f"cases/{seed}")
@@ -185,14 +187,19 @@ def select_cases(strata: dict[str, str], n: int | None, method: str, seed: int) 
     return sorted(chosen, key=ids.index)
 
 
-def blinding_codes(names: list[str], seed: int) -> dict[str, str]:
+def blinding_codes(names: list[str], seed: int | str) -> dict[str, str]:
     """name -> code. Codes are assigned after a seeded shuffle, so code order says nothing about input order."""
     shuffled = sorted(names)
     random.Random(f"codes/{seed}").shuffle(shuffled)
     return {name: (f"SYS-{chr(65 + i)}" if i < 26 else f"SYS-{i + 1}") for i, name in enumerate(shuffled)}
 
 
-def reader_plan(seed: int, username: str, cases: dict[int, list[int]]) -> list[tuple[int, list[int]]]:
+def new_seed() -> str:
+    """128 random bits: far beyond any search, unlike a small integer (0..200,000 takes seconds)."""
+    return secrets.token_hex(16)
+
+
+def reader_plan(seed: int | str, username: str, cases: dict[int, list[int]]) -> list[tuple[int, list[int]]]:
     """One reader's order: cases shuffled, and the candidates within each case shuffled, from (seed, reader)."""
     rng = random.Random(f"reader/{seed}/{username}")
     case_ids = sorted(cases)
@@ -213,14 +220,19 @@ def create_study(
     fields: Fields | None = None,
     n_cases: int | None = None,
     selection: str = "random",
-    seed: int = 0,
+    seed: int | str | None = None,
     include_reference: bool = False,
     pairwise: bool = False,
     intersect: bool = False,
     name: str = "Reader study",
 ) -> dict:
-    """references = (file name, text); predictions = [(model name, file name, text)]. Returns a summary."""
+    """references = (file name, text); predictions = [(model name, file name, text)]. Returns a summary.
+    `seed` None draws a secret one (the admin sees it on the key page and in `analyze`); a chosen seed
+    makes the study reproducible but only as blind as the seed is secret."""
     fields = fields or Fields()
+    seed = new_seed() if seed is None else str(seed)
+    if not 0 < len(seed) <= 64:
+        raise FatalError("the seed must be 1-64 characters")
     if not predictions:
         raise FatalError("give at least one prediction file")
     if include_reference and pairwise:
@@ -248,23 +260,25 @@ def create_study(
         names = list(preds) + ([REFERENCE_NAME] if include_reference else [])
         codes = blinding_codes(names, seed)
         systems = {}
-        for model in names:
+        for model in sorted(names, key=codes.get):  # ids in code order, not --pred order
             source = preds[model][0] if model in preds else ref_name
             systems[model] = System(code=codes[model], name=model, is_reference=model == REFERENCE_NAME,
                                     source=Path(source).name)
             s.add(systems[model])
         s.flush()
+        rng = random.Random(f"candidates/{seed}")
         for case_key in chosen:
             r = refs[case_key]
             case = Case(source_id=case_key, findings=r["findings"], reference=r["reference"], stratum=r["stratum"])
             s.add(case)
             s.flush()
-            for model in names:
+            # Candidate ids in a seeded order per case, so no id pattern follows the --pred order.
+            for model in rng.sample(names, len(names)):
                 text = r["reference"] if model == REFERENCE_NAME else preds[model][1][case_key]
                 s.add(Candidate(case_id=case.id, system_id=systems[model].id, text=text))
         strata = [refs[i]["stratum"] for i in chosen]
     return {"cases": len(chosen), "normal": strata.count("normal"), "abnormal": strata.count("abnormal"),
-            "systems": {codes[m]: m for m in names}}
+            "systems": {codes[m]: m for m in names}, "seed": seed}
 
 
 def assign_reader(s: Session, user: User) -> int:

@@ -32,10 +32,15 @@ class Base(DeclarativeBase):
 
 
 class Study(Base):
+    """`seed` drives case choice, blinding codes, candidate ids and reader orders. It is secret (drawn with
+    `secrets` unless the admin chose one): a reader who knew it could map every candidate to its model.
+    Studies made before seeds were secret hold a small integer here (an INTEGER column): read back as an
+    int, it reproduces their orders exactly."""
+
     __tablename__ = "study"
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
-    seed: Mapped[int] = mapped_column(Integer)
+    seed: Mapped[str] = mapped_column(String(64))
     include_reference: Mapped[bool] = mapped_column(Boolean, default=False)
     pairwise: Mapped[bool] = mapped_column(Boolean, default=False)
     selection: Mapped[str] = mapped_column(String(40))
