@@ -4,6 +4,7 @@ throttling (in-process)."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 import sqlite3
 import threading
@@ -553,6 +554,49 @@ def test_password_checks_run_one_at_a_time_beside_fast_saves(study, monkeypatch)
             th.join(30)
     assert results == [303] * 6 and peak[0] == 1
     assert save_s < 1.0  # not queued behind ~1.2 s of password checks
+
+
+# --- strict ratings, errors without the input, cross-origin ----------------------------------------------
+
+def test_scores_must_be_integers(study, client):
+    csrf = login(client, "alice")
+    slot = client.get(f"/api/items/{item_tokens(client)[0]}").json()["candidates"][0]["slot"]
+    for bad in (True, "4", 4.0, 4.5, [4], None):
+        r = put(client, slot, {"coherence": bad}, csrf)
+        if bad is None:  # null clears a score
+            assert r.status_code == 200
+            continue
+        assert r.status_code == 422, bad
+        assert r.json()["error"]["fields"] == [{"field": "coherence", "reason": "Input should be a valid integer"}]
+    _, Session = open_db(study[0])
+    with Session() as s:
+        assert s.scalar(select(Rating.coherence)) is None  # true was once stored as 1
+
+
+def test_error_replies_carry_no_input(study, client, caplog, capsys):
+    csrf = login(client, "alice")
+    slot = client.get(f"/api/items/{item_tokens(client)[0]}").json()["candidates"][0]["slot"]
+    mark = "SECRET-PATIENT-TEXT"
+    caplog.set_level(logging.DEBUG)
+    replies = [
+        put(client, slot, {"coherence": mark}, csrf),
+        put(client, slot, {mark: 3}, csrf),
+        put(client, slot, {"comment": mark * 1000}, csrf),
+        put(client, slot, {"preference": mark}, csrf),
+        client.put(f"/api/ratings/{slot}", content=f'{{"comment": "{mark}'.encode(),
+                   headers={"X-CSRF-Token": csrf, "Content-Type": "application/json"}),
+    ]
+    assert [r.status_code for r in replies] == [422] * 5
+    assert replies[1].json()["error"]["fields"][0]["reason"].startswith("unknown field (allowed: understandability")
+    # a lone surrogate used to reach the database: a 500, with the comment printed in the server's log
+    r = client.put(f"/api/ratings/{slot}", content=f'{{"comment": "\\ud800 {mark}"}}'.encode(),
+                   headers={"X-CSRF-Token": csrf, "Content-Type": "application/json"})
+    assert r.status_code == 400 and "not valid Unicode" in r.json()["error"]["message"]
+    assert r.json()["error"]["fields"][0]["field"] == "comment"
+    replies.append(r)
+    assert not any(mark in r.text for r in replies)
+    out = capsys.readouterr()
+    assert mark not in caplog.text + out.out + out.err
 
 
 # --- accounts from the command line ----------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """The real server as a subprocess: kill -9 in the middle of a rating session loses no acknowledged rating;
-slow clients are disconnected."""
+slow clients are disconnected; nothing a client sends reaches the server's log."""
 
 from __future__ import annotations
 
@@ -157,3 +157,28 @@ def test_slow_clients_are_disconnected(tmp_path):
             s.close()
         server.kill()
         server.wait(10)
+
+
+def test_nothing_a_client_sends_reaches_the_server_log(tmp_path):
+    db = str(tmp_path / "study.db")
+    make_study(db, tmp_path / "files", readers=["alice"], password=PW, n_cases=2)
+    port = free_port()
+    server = start_server(db, port)
+    mark = "SECRET-PATIENT-TEXT"
+    try:
+        c, csrf = sign_in(f"http://127.0.0.1:{port}", "alice")
+        item = re.findall(r'href="/item/([^"]+)"', c.get("/read?list").text)[0]
+        slot = c.get(f"/api/items/{item}").json()["candidates"][0]["slot"]
+        hdr = {"X-CSRF-Token": csrf, "Content-Type": "application/json"}
+        bodies = [f'{{"comment": "\\ud800 {mark}"}}', f'{{"coherence": "{mark}"}}', f'{{"{mark}": 1}}',
+                  f'{{"comment": "{mark}', f'{{"coherence": true, "comment": "{mark}"}}']
+        codes = [c.put(f"/api/ratings/{slot}", content=b.encode(), headers=hdr) for b in bodies]
+        assert [r.status_code for r in codes] == [400, 422, 422, 422, 422]
+        assert not any(mark in r.text for r in codes)
+        bad_login = c.post("/login", data={"username": mark, "password": mark, "csrf": mark})
+        assert bad_login.status_code == 403 and mark not in bad_login.text
+    finally:
+        server.terminate()
+        server.wait(10)
+    log = server.stderr.read().decode("utf-8", "replace")
+    assert mark not in log

@@ -5,6 +5,7 @@ Who sees what is decided here, server-side, on every request:
   admin   study set-up, readers, progress, the unblinding key, every rating, the CSV export
 Every POST/PUT needs the session's CSRF token (form field `csrf` or header `X-CSRF-Token`); the login
 form, which has no session yet, uses a double-submit cookie. Each rating save is its own transaction.
+Error replies name the field and the reason, never the input.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from urllib.parse import quote
 
 from fastapi import FastAPI, File, Form, HTTPException, Request, UploadFile
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -61,9 +63,10 @@ class LoginRequired(Exception):
 
 
 class RatingIn(BaseModel):
-    """The full state of one candidate's rating (autosave sends it whole, so a resend is idempotent)."""
+    """The full state of one candidate's rating (autosave sends it whole, so a resend is idempotent).
+    Strict: a score is a JSON integer; true, "4" and 4.0 are refused, not coerced."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     understandability: int | None = Field(None, ge=1, le=5)
     coherence: int | None = Field(None, ge=1, le=5)
     relevance: int | None = Field(None, ge=1, le=5)
@@ -71,6 +74,29 @@ class RatingIn(BaseModel):
     clinical_utility: int | None = Field(None, ge=1, le=5)
     comment: str = Field("", max_length=5000)
     preference: str | None = None
+
+
+# JSON can escape a lone surrogate ("\ud800") that is no Unicode text and that no database stores as UTF-8;
+# pydantic refuses it in a length-checked string (the comment) as "string_unicode". A malformed request: 400.
+BAD_TEXT = "string_unicode"
+
+
+def validation_errors(exc: RequestValidationError) -> list[dict]:
+    """[{field, reason}] from a validation error, without the input: pydantic's messages state the rule
+    ("Input should be a valid integer"); an unknown field's name is the client's text and is not repeated."""
+    out = []
+    for e in exc.errors():
+        loc = [str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path", "header", "cookie")]
+        if e.get("type") == "extra_forbidden":
+            out.append({"field": None, "reason": f"unknown field (allowed: {', '.join(RatingIn.model_fields)})"})
+        elif e.get("type") == "json_invalid":
+            out.append({"field": None, "reason": f"the body is not valid JSON ({e.get('ctx', {}).get('error')})"})
+        elif e.get("type") == BAD_TEXT:
+            out.append({"field": ".".join(loc) or None,
+                        "reason": "not valid Unicode text (it holds a lone surrogate escape such as \\ud800)"})
+        else:
+            out.append({"field": ".".join(loc) or None, "reason": e.get("msg", "invalid")})
+    return out
 
 
 def _safe_next(url: str | None) -> str:
@@ -117,6 +143,18 @@ def create_app(db: str, session_hours: float = 12.0, allowed_hosts: list[str] | 
             return JSONResponse({"error": {"code": "login_required", "login": f"/login?next={quote(_safe_next(page))}"}},
                                 status_code=401)
         return RedirectResponse(f"/login?next={quote(path)}", status_code=303)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        # FastAPI's default reply echoes the input ("input": ...); this one names the field and the rule.
+        errors = validation_errors(exc)
+        status = 400 if any(e.get("type") == BAD_TEXT for e in exc.errors()) else 422
+        message = "; ".join(f"{e['field']}: {e['reason']}" if e["field"] else e["reason"] for e in errors)
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"error": {"code": status, "message": message, "fields": errors}},
+                                status_code=status)
+        return templates.TemplateResponse(request, "message.html", {"title": f"Error {status}",
+                                          "message": message, "user": None}, status_code=status)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):

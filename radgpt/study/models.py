@@ -163,9 +163,12 @@ def make_engine(db: str | Path, sqlite_sync: str = "full") -> Engine:
     if sqlite_sync not in ("full", "normal"):
         raise ValueError(f"sqlite_sync must be full or normal, not {sqlite_sync!r}")
     url = database_url(db)
+    # hide_parameters: a failed statement's message (logged with the traceback) would carry the values,
+    # i.e. report text and reader comments.
     if url.startswith("sqlite"):
         # check_same_thread off: uvicorn's thread pool shares the pool's connections (one at a time).
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=8)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=8,
+                               hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record):
@@ -179,7 +182,7 @@ def make_engine(db: str | Path, sqlite_sync: str = "full") -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_size=10, pool_pre_ping=True)
+    return create_engine(url, pool_size=10, pool_pre_ping=True, hide_parameters=True)
 
 
 def open_db(db: str | Path, create: bool = False, sqlite_sync: str = "full") -> tuple[Engine, sessionmaker]:
