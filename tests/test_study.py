@@ -1,5 +1,5 @@
 """Reader study: creation, blinding/randomisation, roles, CSRF, rating validation, sessions, sign-in
-throttling (in-process)."""
+throttling, cross-origin refusal (in-process)."""
 
 from __future__ import annotations
 
@@ -597,6 +597,37 @@ def test_error_replies_carry_no_input(study, client, caplog, capsys):
     assert not any(mark in r.text for r in replies)
     out = capsys.readouterr()
     assert mark not in caplog.text + out.out + out.err
+
+
+def test_cross_origin_requests_are_refused(study, client):
+    db, _ = study
+    csrf = login(client, "alice")
+    slot = client.get(f"/api/items/{item_tokens(client)[0]}").json()["candidates"][0]["slot"]
+    hdr = {"X-CSRF-Token": csrf}
+    # a page elsewhere can send text/plain or a form without a preflight; the API takes JSON only
+    for ctype in ("text/plain", "application/x-www-form-urlencoded", None):
+        r = client.put(f"/api/ratings/{slot}", content=json.dumps(FULL).encode(),
+                       headers=hdr | ({"Content-Type": ctype} if ctype else {}))
+        assert r.status_code == 415 and "application/json" in r.json()["error"]["message"], ctype
+    # and JSON from another origin needs a preflight, which is refused
+    pre = client.options(f"/api/ratings/{slot}", headers={"Origin": "http://evil.example",
+                                                         "Access-Control-Request-Method": "PUT"})
+    assert pre.status_code == 403 and "access-control-allow-origin" not in pre.headers
+    assert client.put(f"/api/ratings/{slot}", json=FULL, headers=hdr | {"Origin": "http://evil.example"}
+                      ).status_code == 403
+    assert client.put(f"/api/ratings/{slot}", json=FULL, headers=hdr | {"Sec-Fetch-Site": "cross-site"}
+                      ).status_code == 403
+    token = re.search(r'name="csrf" value="([^"]+)"', client.get("/login").text).group(1)
+    r = client.post("/login", data={"username": "bob", "password": PW, "csrf": token},
+                    headers={"Origin": "null"}, follow_redirects=False)
+    assert r.status_code == 403
+    _, Session = open_db(db)
+    with Session() as s:
+        assert s.scalar(select(func.count(Rating.id))) == 0
+    # the study's own page: same origin, JSON
+    r = client.put(f"/api/ratings/{slot}", json=FULL, headers=hdr | {"Origin": "http://testserver",
+                                                                      "Sec-Fetch-Site": "same-origin"})
+    assert r.status_code == 200
 
 
 # --- accounts from the command line ----------------------------------------------------------------------

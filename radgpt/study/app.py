@@ -5,6 +5,8 @@ Who sees what is decided here, server-side, on every request:
   admin   study set-up, readers, progress, the unblinding key, every rating, the CSV export
 Every POST/PUT needs the session's CSRF token (form field `csrf` or header `X-CSRF-Token`); the login
 form, which has no session yet, uses a double-submit cookie. Each rating save is its own transaction.
+Requests a browser sends from another origin are refused (`SameOrigin`), and JSON endpoints take only
+`Content-Type: application/json`, which no page can send cross-origin without a (refused) preflight.
 Error replies name the field and the reason, never the input.
 """
 
@@ -34,7 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from radgpt.errors import FatalError
-from radgpt.net import SecurityHeaders
+from radgpt.net import SameOrigin, SecurityHeaders
 from radgpt.study import auth, throttle
 from radgpt.study.create import Fields, assign_all_readers, create_study
 from radgpt.study.criteria import CRITERIA, NAMES, PREFERENCES, SCALE
@@ -99,6 +101,25 @@ def validation_errors(exc: RequestValidationError) -> list[dict]:
     return out
 
 
+class JsonOnly:
+    """Pure ASGI middleware: a body sent to /api/ must be declared application/json (else 415). A page on
+    another site can send text/plain or a form without asking the browser's permission; application/json
+    needs a CORS preflight, which `SameOrigin` refuses."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if (scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH")
+                and scope["path"].startswith("/api/")):
+            ctype = dict(scope.get("headers", [])).get(b"content-type", b"").decode("latin-1")
+            if ctype.split(";")[0].strip().lower() != "application/json":
+                resp = JSONResponse({"error": {"code": 415, "message": "send the body as JSON with the header "
+                                               "Content-Type: application/json"}}, status_code=415)
+                return await resp(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
 def _safe_next(url: str | None) -> str:
     # Only same-site paths: an open redirect after login would be a phishing aid.
     if url and url.startswith("/") and not url.startswith("//") and "\\" not in url:
@@ -130,7 +151,9 @@ def create_app(db: str, session_hours: float = 12.0, allowed_hosts: list[str] | 
     save_stmt = insert.on_conflict_do_update(index_elements=[Rating.slot_id],
                                              set_={c: insert.excluded[c] for c in rating_cols})
 
-    app.add_middleware(SecurityHeaders)
+    app.add_middleware(JsonOnly)
+    app.add_middleware(SameOrigin)
+    app.add_middleware(SecurityHeaders)  # outermost: refusals get the headers too
     hashing = ThreadPoolExecutor(max_workers=HASH_WORKERS, thread_name_prefix="study-argon2",
                                  initializer=_yield_cpu)
 
