@@ -69,6 +69,9 @@ class LoraSettings:
     # PEFT's input dropout was 25% of a CPU training step (bernoulli_, profiled on the default config).
     dropout_site: str = "rank"
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    # a run folder whose adapter starts this one (same r and target modules): continue training an adapter
+    # on a new prompt or new data instead of from zero
+    init_from: str = ""
 
 
 @dataclass
@@ -80,6 +83,10 @@ class DataSettings:
     tasks: list[str] = field(default_factory=lambda: ["findings_impression"])  # rows of prepare's alpaca files
     cutoff_len: int = 512  # longer examples are truncated (and counted)
     retrieval_k: int = 0  # similar training cases put into each prompt (0 = none)
+    retrieval_match: str = "words"  # words | findings (words + the findings the labeler reads: same positives)
+    # repeat training pairs whose reference states a finding this many times in total (1 = no oversampling):
+    # ~40% of OpenI impressions are the normal boilerplate, which teaches a small model to say "normal"
+    oversample_abnormal: float = 1.0
     max_train_samples: int = 0  # 0 = all
 
 
@@ -118,6 +125,25 @@ class FinetuneConfig:
     data: DataSettings = field(default_factory=DataSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     eval: EvalSettings = field(default_factory=EvalSettings)
+
+
+def oversample(examples: list, factor: float, seed: int) -> list:
+    """Each example whose reference states a finding `factor` times in all (the fraction by a seeded draw);
+    the others once. Shots stay as retrieved: a copy sees the same prior cases."""
+    import random
+
+    from radgpt.evaluate.faithfulness import is_abnormal
+
+    if factor < 1:
+        raise FatalError(f"data.oversample_abnormal must be >= 1 (got {factor})")
+    rng = random.Random(seed)
+    out = []
+    for e in examples:
+        out.append(e)
+        if is_abnormal(e.output):
+            extra = int(factor - 1) + (rng.random() < (factor - 1) % 1)
+            out.extend([e] * extra)
+    return out
 
 
 def _malloc_trim() -> None:
@@ -179,12 +205,34 @@ def build_model(cfg: FinetuneConfig, device: str, half_base=None):
     lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout - rank_dropout,
                       target_modules=list(cfg.lora.target_modules), bias="none", task_type="CAUSAL_LM")
     model = get_peft_model(model, lcfg)
+    if cfg.lora.init_from:
+        load_adapter_weights(model, Path(cfg.lora.init_from))
     for p in model.parameters():  # adapters train in fp32 even when the base is half precision
         if p.requires_grad:
             p.data = p.data.float()
     if rank_dropout:
         add_rank_dropout(model, rank_dropout)
     return model
+
+
+def load_adapter_weights(model, run: Path) -> None:
+    """Copy a saved PEFT adapter's weights into `model`'s adapter; every tensor must match in name and shape."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = run / "adapter_model.safetensors"
+    if not path.is_file():
+        raise FatalError(f"lora.init_from: {path} not found (a run folder with a LoRA adapter)")
+    saved = load_file(str(path))
+    own = {k: v for k, v in model.state_dict().items() if "lora_" in k}
+    shapes = {k.replace(".default", ""): tuple(v.shape) for k, v in own.items()}
+    bad = [k for k, v in saved.items() if shapes.get(k) != tuple(v.shape)]
+    if bad or len(saved) != len(own):
+        raise FatalError(f"lora.init_from: {path} does not fit this adapter ({len(saved)} tensors vs {len(own)}; "
+                         f"first mismatch: {bad[:1]}): use the same lora.r and lora.target_modules")
+    result = set_peft_model_state_dict(model, saved)
+    if getattr(result, "unexpected_keys", None):
+        raise FatalError(f"lora.init_from: unexpected tensors {result.unexpected_keys[:3]}")
 
 
 def add_rank_dropout(model, p: float) -> int:
@@ -265,7 +313,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, log=print) -> dict:
     from radgpt.instruct_data import (attach_retrieval, collate, length_grouped_batches, read_examples,
                                       tokenize)
     from radgpt.models import load_tokenizer, pick_dtype
-    from radgpt.prompts import PromptTemplate
+    from radgpt.prompts import PromptTemplate, clean_placeholders
     from radgpt.retrieval import Case, CaseIndex
 
     t_start = time.perf_counter()
@@ -300,9 +348,14 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, log=print) -> dict:
     index = None
     if cfg.data.retrieval_k > 0:
         pairs = [e for e in train if e.task == "findings_impression"]
-        index = CaseIndex([Case(e.id, e.input, e.output) for e in pairs])
+        index = CaseIndex([Case(e.id, e.input, e.output) for e in pairs], cfg.data.retrieval_match)
         attach_retrieval(train, index, cfg.data.retrieval_k, exclude_self=True)
         attach_retrieval(val, index, cfg.data.retrieval_k, exclude_self=False)
+    if template.clean_placeholders:  # targets without "XXXX": the model learns not to write it
+        for e in train:  # (validation references stay verbatim: they are what it is scored against)
+            e.output = clean_placeholders(e.output)
+    if cfg.data.oversample_abnormal != 1.0:
+        train = oversample(train, cfg.data.oversample_abnormal, cfg.train.seed)
     items, n_trunc = tokenize(train, tokenizer, template, cfg.data.cutoff_len)
     val_items, n_trunc_val = tokenize(val, tokenizer, template, cfg.data.cutoff_len) if val else ([], 0)
     if n_trunc or n_trunc_val:
@@ -455,38 +508,29 @@ def evaluate_run(lm, tokenizer, template, val, val_items, cfg, autocast, run: Pa
     with open(run / "val_predictions.jsonl", "w", encoding="utf-8") as f:
         for e, p in zip(sample, preds):
             f.write(json.dumps({"id": e.id, "impression": p, "reference": e.output}, ensure_ascii=False) + "\n")
-    out.update(rouge_summary([e.output for e in sample], preds))
+    out.update(rouge_summary([e.output for e in sample], preds, [e.input for e in sample]))
     out["val_generated"] = len(preds)
     out["val_generate_seconds"] = round(secs, 1)
     log(f"validation: {json.dumps(out)}")
     return out
 
 
-NORMAL_PATTERNS = ("no acute", "normal chest", "no active", "negative chest", "no evidence of acute",
-                   "no radiographic evidence of acute", "normal radiograph", "no acute cardiopulmonary")
-
-
-def is_normal_impression(text: str) -> bool:
-    """The normal boilerplate that ~40% of OpenI impressions are; the rest are scored separately too."""
-    t = text.lower().strip()
-    return any(t.startswith(p) for p in NORMAL_PATTERNS) and len(t.split()) <= 8
-
-
-def rouge_summary(refs: list[str], hyps: list[str]) -> dict:
+def rouge_summary(refs: list[str], hyps: list[str], findings: list[str] | None = None) -> dict:
     """ROUGE as the published Open-i numbers are computed (the metrics registry's `rouge` group:
-    rouge_score, no stemming, per-sample F1 mean ×100); also on the cases whose reference is not the
-    normal boilerplate."""
+    rouge_score, no stemming, per-sample F1 mean ×100), also on the references that state a finding
+    (`faithfulness.is_abnormal`, the one normal/abnormal rule), plus the faithfulness measures."""
+    from radgpt.evaluate.faithfulness import faithfulness, is_abnormal
     from radgpt.evaluate.metrics import compute
 
     per_sample = compute(refs, hyps, ["rouge"])["per_sample"]
-    abnormal = [not is_normal_impression(r) for r in refs]
+    abnormal = [is_abnormal(r) for r in refs]
     out = {}
     for key in ("rouge1", "rouge2", "rougeL"):
         vals = per_sample[key]
         out[key] = round(sum(vals) / max(len(vals), 1), 2)
         abn = [v for v, a in zip(vals, abnormal) if a]
         out[f"{key}_abnormal"] = round(sum(abn) / max(len(abn), 1), 2)
-    out["n_abnormal"] = sum(abnormal)
+    out.update(faithfulness(refs, hyps, findings)["summary"])
     return out
 
 

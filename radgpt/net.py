@@ -84,6 +84,10 @@ def cross_origin_reason(method: str, headers: dict[str, str]) -> str | None:
     site = headers.get("sec-fetch-site", "")
     if site == "cross-site" or site == "same-site":
         return f"Sec-Fetch-Site is {site}"
+    if site == "same-origin":
+        # set by the browser, never by a page; and with Referrer-Policy: no-referrer Chromium sends the page's
+        # own POSTs with "Origin: null", which the check below would refuse
+        return None
     origin = headers.get("origin")
     if origin is None:
         return None

@@ -11,6 +11,7 @@ same template serves zero-shot and retrieval-augmented prompts.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -18,6 +19,30 @@ from radgpt.errors import FatalError
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 TEMPLATE_FILE = "prompt_template.json"
+
+
+# Report text is data, never prompt structure: chat-format markers (<|im_end|>, [INST], </s>) and the
+# <findings> delimiters inside it would let a report close its own turn and speak as the template.
+_MARKERS = re.compile(r"<\|[^|<>]{0,40}\|>|</?s>|\[/?INST\]|</?findings>", re.IGNORECASE)
+
+
+# OpenI masks PHI, and many ordinary words with it, as "XXXX" ("chest x-XXXX", "XXXX opacities"): a model
+# trained on it writes the placeholder. Impressions shown to users never carry it.
+_PLACEHOLDER = re.compile(r"\s*\bX{4,}\b(?:\s+X{4,}\b)*")
+
+
+def clean_placeholders(text: str) -> str:
+    """Drop de-identification placeholders from an impression: "x-XXXX" is an x-ray; any other masked word
+    is removed with its space ("1. XXXX opacities" → "1. opacities")."""
+    if "XXXX" not in text:
+        return text
+    text = re.sub(r"\bx-XXXX\b", "x-ray", text, flags=re.IGNORECASE)
+    text = _PLACEHOLDER.sub("", text)
+    return re.sub(r"^\s+|\s+(?=[.,;:])", "", text)
+
+
+def _as_data(text: str) -> str:
+    return _MARKERS.sub(" ", text) if ("<" in text or "[" in text) else text
 
 
 @dataclass(frozen=True)
@@ -30,6 +55,8 @@ class PromptTemplate:
     examples_header: str = "Similar prior reports:\n"
     example: str = "Findings: {input}\nImpression: {output}\n\n"
     query: str = "Findings: {input}"
+    # train on, and prompt with, impressions without de-identification placeholders (clean_placeholders)
+    clean_placeholders: bool = False
 
     @classmethod
     def load(cls, name_or_path: str | Path) -> "PromptTemplate":
@@ -51,12 +78,24 @@ class PromptTemplate:
 
     def render(self, instruction: str, input: str = "", examples: list[tuple[str, str]] | tuple = ()) -> str:
         """The prompt up to where the response starts. `examples` are (findings, impression) pairs."""
-        if examples:
+        input, examples = _as_data(input), [(_as_data(f), _as_data(i)) for f, i in examples]
+        if self.clean_placeholders:
+            examples = [(f, clean_placeholders(i)) for f, i in examples]
+        if examples or "{positives}" in self.query:
             shots = "".join(self.example.format(input=f, output=i) for f, i in examples)
-            input = self.examples_header + shots + self.query.format(input=input)
+            header = self.examples_header if examples else ""
+            input = header + shots + self.query.format(input=input, positives=self.positives(input))
         if input:
             return self.prompt_input.format(instruction=instruction, input=input)
         return self.prompt_no_input.format(instruction=instruction)
+
+    @staticmethod
+    def positives(findings: str) -> str:
+        """The findings' stated findings as one line (the labeler's), for templates whose query has a
+        `{positives}` slot: a small model that sees "nodule, emphysema" spelled out leaves them out less."""
+        from radgpt.evaluate.labeler import positive_findings
+
+        return ", ".join(positive_findings(findings)) or "none"
 
     def response(self, generated: str) -> str:
         """The response part of a decoded generation that may still contain the prompt."""

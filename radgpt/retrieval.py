@@ -25,25 +25,69 @@ class Case:
     impression: str
 
 
+MATCHES = ("words", "findings", "consistent")
+
+
+def _with_finding_terms(text: str) -> str:
+    """Findings text plus one pseudo-word per finding it states ("zzfinding_nodule"; "zzfinding_none" when
+    it states none), repeated so they weigh like a few matching words: neighbours then share the query's
+    positive findings, not only its phrasing — a normal query stops drawing an abnormal neighbour's
+    impression into its prompt, and a nodule query draws nodule impressions."""
+    from radgpt.evaluate.labeler import positive_findings
+
+    found = [f.replace("possible ", "").replace(" ", "_") for f in positive_findings(text)] or ["none"]
+    return text + " . " + " ".join(f"zzfinding_{f}" for f in found for _ in range(3))
+
+
 class CaseIndex:
-    def __init__(self, cases: list[Case]):
+    def __init__(self, cases: list[Case], match: str = "words"):
+        """match: "words" — TF-IDF over the findings' words; "findings" — the same plus the findings the
+        labeler reads in them (see _with_finding_terms); "consistent" — "findings", then the closest cases
+        re-ranked so that those whose impression states exactly the query's findings come first (a prior
+        impression that names a finding the query never states, or leaves out one it does, is what a small
+        model copies into the wrong report)."""
         from sklearn.feature_extraction.text import TfidfVectorizer
 
         if not cases:
             raise ValueError("retrieval index needs at least one case")
-        self.cases = cases
+        if match not in MATCHES:
+            raise ValueError(f"unknown retrieval match {match!r} (choose from {', '.join(MATCHES)})")
+        self.cases, self.match = cases, match
+        self._stated: dict | None = None  # per case, the findings its impression states (for "consistent")
         # word uni+bigrams, sublinear tf: robust to long findings that repeat boilerplate
         self.vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1, lowercase=True)
-        self.matrix = self.vectorizer.fit_transform([c.findings for c in cases])
+        self.matrix = self.vectorizer.fit_transform([self._text(c.findings) for c in cases])
+
+    def _text(self, findings: str) -> str:
+        return findings if self.match == "words" else _with_finding_terms(findings)
+
+    def _rerank(self, query: str, hits: list[tuple[Case, float]], k: int) -> list[tuple[Case, float]]:
+        from radgpt.evaluate.faithfulness import NOT_REQUIRED, stated, unsupported
+
+        if self._stated is None:
+            self._stated = {id(c): stated(c.impression) for c in self.cases}
+        want = stated(query) - NOT_REQUIRED
+
+        def cost(hit):
+            case = hit[0]
+            return 2 * len(unsupported(query, case.impression)) + len(want - self._stated[id(case)])
+
+        return sorted(hits, key=lambda h: (cost(h), -h[1]))[:k]
 
     def search_many(self, queries: list[str], k: int, exclude_ids: list[set[str]] | None = None
                     ) -> list[list[tuple[Case, float]]]:
         """Top-k cases per query (cosine similarity), skipping ids in exclude_ids[i]."""
-        import numpy as np
-
         if k <= 0 or not queries:
             return [[] for _ in queries]
-        q = self.vectorizer.transform(queries)
+        if self.match == "consistent":
+            wide = self._search(queries, max(4 * k, 12), exclude_ids)
+            return [self._rerank(q, h, k) for q, h in zip(queries, wide)]
+        return self._search(queries, k, exclude_ids)
+
+    def _search(self, queries: list[str], k: int, exclude_ids: list[set[str]] | None) -> list[list[tuple[Case, float]]]:
+        import numpy as np
+
+        q = self.vectorizer.transform([self._text(t) for t in queries])
         out = []
         for start in range(0, len(queries), 256):  # blocks keep the dense score matrix small
             sims = (q[start:start + 256] @ self.matrix.T).toarray()
@@ -69,9 +113,9 @@ class CaseIndex:
         return path
 
     @classmethod
-    def load(cls, folder: str | Path) -> "CaseIndex | None":
+    def load(cls, folder: str | Path, match: str = "words") -> "CaseIndex | None":
         path = Path(folder) / CASES_FILE
         if not path.exists():
             return None
         cases = [Case(**json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return cls(cases)
+        return cls(cases, match)

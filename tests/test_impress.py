@@ -195,14 +195,20 @@ def test_backends_on_the_tiny_run(kind, tiny_run, tiny_export):
         streamed[i] += d
 
     findings = [FINDINGS, "Cardiomegaly with small bilateral effusions."]
-    res = model.impress(findings, dec, similar=3, on_delta=on_delta)
+    res = model.impress(findings, dec, similar=3, on_delta=on_delta, repair=False)  # streamed = the model's text
     assert len(res) == 2
     for i, r in enumerate(res):
         assert r.completion_tokens <= 6 and streamed[i] == r.impression
         assert len(r.similar_cases) == 3 and len(r.shot_ids) == 2
         assert r.shot_ids == [c.id for c in reversed(r.similar_cases[:2])]  # most similar last, as in training
-    again = model.impress(findings, dec)
+    again = model.impress(findings, dec, repair=False)
     assert [r.impression for r in again] == [r.impression for r in res]  # greedy is deterministic
+    # by default the text is repaired: the random tiny model's words never state the effusions, so the
+    # findings' own sentence is added, and the flags are those of the final text
+    fixed = model.impress(findings, dec)[1]
+    assert "Cardiomegaly with small bilateral effusions." in fixed.impression
+    assert {"action": "added_from_findings", "sentence": "Cardiomegaly with small bilateral effusions."} in fixed.repairs
+    assert not any(f["type"] == "omitted" and f["severity"] != "low" for f in fixed.flags)
     prompts, _, _ = model.prepare(findings)
     assert prompts[0].startswith(model.static_prefix) and "Similar prior reports:" in prompts[0]
     prov = model.provenance()

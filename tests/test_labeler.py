@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
 from radgpt.evaluate.labeler import (CHESTXRAY14, CHEXPERT, NEGATIVE, NOT_MENTIONED, POSITIVE, UNCERTAIN, binary,
-                                     consistency_flags, is_normal, label, mentions)
+                                     is_normal, label, mentions)
 
 
 def test_negation():
@@ -92,22 +91,21 @@ def test_binary_counts_uncertain_as_asked():
     assert binary(labels)["Atelectasis"] == 0 and binary(labels, uncertain_as=1)["Atelectasis"] == 1
 
 
-def test_consistency_flags():
-    findings = "Small left pleural effusion. No pneumothorax. Heart size normal."
-    assert consistency_flags(findings, "Small left pleural effusion.") == []
-    flags = {(f["type"], f["observation"]) for f in consistency_flags(findings, "Left pneumothorax.")}
-    assert ("contradicted", "Pneumothorax") in flags and ("omitted", "Pleural Effusion") in flags
-    flags = {(f["type"], f["observation"]) for f in consistency_flags(findings, "Effusion. Cardiomegaly.")}
-    assert flags == {("unsupported", "Cardiomegaly")}
-    flags = {(f["type"], f["observation"]) for f in consistency_flags(findings, "No pleural effusion.")}
-    assert flags == {("contradicted", "Pleural Effusion")}
-    # a diagnosis the findings support by its sign is not a hallucination
-    assert consistency_flags("Right lower lobe airspace opacity.", "Right lower lobe pneumonia.") == []
-    assert consistency_flags("", "Pneumonia.") == []
-    flag = next(f for f in consistency_flags(findings, "Pneumothorax on the left.") if f["type"] == "contradicted")
-    assert flag["type"] == "contradicted" and flag["severity"] == "high"
-    assert findings[slice(*flag["findings_spans"][0])] == "pneumothorax"
-    assert flag["impression_spans"] == [[0, 12]]
+def test_questions_of_the_indication_are_uncertain_not_positive():
+    for text in ("Rule out pneumothorax.", "R/O pneumonia.", "Evaluate for pleural effusion.",
+                 "Question of pneumonia.", "Indication: chest pain, to rule out pneumonia."):
+        statuses = {m.status for m in mentions(text)}
+        assert statuses == {UNCERTAIN}, (text, mentions(text))
+    assert label("Pneumothorax has been ruled out.")["Pneumothorax"] == NEGATIVE
+    assert label("Small left pneumothorax.")["Pneumothorax"] == POSITIVE
+
+
+def test_findings_neither_scheme_labels_still_make_a_report_abnormal():
+    assert not is_normal("Calcified granuloma in the right upper lobe.")
+    assert not is_normal("Hyperinflated lungs consistent with COPD.")
+    assert is_normal("No acute cardiopulmonary abnormality.")
+    # CheXpert's No Finding ignores them, as CheXpert does
+    assert label("Degenerative changes of the thoracic spine.")["No Finding"] == POSITIVE
 
 
 def test_negbio_agreement(shared_openi):
@@ -125,8 +123,4 @@ def test_negbio_agreement(shared_openi):
     assert agreement(rows, predict, labels)["macro_f1"] >= 0.85
     assert agreement([r for r in rows if r["uid"] % 2 == 1], predict, labels)["macro_f1"] >= 0.85
 
-    texts = [r["text"] for r in rows[:1500]]
-    t0 = time.process_time()
-    for t in texts:
-        label(t, "chestxray14")
-    assert len(texts) / (time.process_time() - t0) >= 2000  # reports per CPU-second on one core
+    # speed is a benchmark's job (bench/bench_labeler.py), not a unit test's: it depends on the machine

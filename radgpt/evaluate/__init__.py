@@ -3,5 +3,6 @@
 Importing this package loads nothing heavy: metrics import their libraries (rouge_score, sacrebleu,
 torch/transformers for the embedding similarity) only when they are computed. The server uses
 
-    from radgpt.evaluate.labeler import label, consistency_flags
+    from radgpt.evaluate.labeler import label
+    from radgpt.evaluate.faithfulness import consistency_flags, is_abnormal
 """

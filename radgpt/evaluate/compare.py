@@ -2,11 +2,14 @@
 
 `compare(refs, predictions)` returns one JSON-ready dict that report.py renders. Subgroups answer
 "where does a model fail, and is it biased toward normal?" (the Radiology-GPT paper's concern):
-  - reference normal vs abnormal (`labeler.is_normal` on the reference impression), with the rate
-    at which each model *predicts* a normal impression in each group;
+  - reference normal vs abnormal (`faithfulness.is_abnormal` on the reference impression, the one
+    definition finetune, the benches and the study share), with the rate at which each model *predicts*
+    a normal impression in each group;
   - per CheXpert label: positive-only F1 of the model's labels against the reference's, and ROUGE-L on
     the references positive for that label;
   - findings-length quartile (the reference impression's length when the file has no findings).
+Faithfulness (faithfulness.py): missed-abnormal rate, finding P/R/F1 against the reference, and — with
+findings — unsupported findings, with the references' own rate as the floor.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from typing import Callable
 import numpy as np
 
 from radgpt.evaluate import labeler, metrics, stats
+from radgpt.evaluate.faithfulness import consistency_flags, faithfulness, is_abnormal
 from radgpt.evaluate.io import Reference
 
 # Shown in subgroup tables and tested between models (when computed); every metric gets a CI.
+FLAG_TYPES = ("contradicted", "omitted", "unsupported", "severity_changed", "comparison_claim", "copied")
 KEY_METRICS = ("rougeL", "bleu", "bertscore_minilm", "clinical_f1_pos_micro")
 
 
@@ -66,8 +71,8 @@ def compare(refs: list[Reference], predictions: dict[str, list[str]], metric_nam
     say("labels, subgroups and consistency flags")
     ref_labels = [labeler.label(t) for t in ref_texts]
     hyp_labels = {name: [labeler.label(h) for h in hyps] for name, hyps in predictions.items()}
-    ref_normal = np.array([labeler.is_normal(t) for t in ref_texts])
-    pred_normal = {name: np.array([labeler.is_normal(h) for h in hyps]) for name, hyps in predictions.items()}
+    ref_normal = np.array([not is_abnormal(t) for t in ref_texts])
+    pred_normal = {name: np.array([not is_abnormal(h) for h in hyps]) for name, hyps in predictions.items()}
 
     def group_row(mask: np.ndarray) -> dict:
         row = {"n": int(mask.sum()), "models": {}}
@@ -79,6 +84,8 @@ def compare(refs: list[Reference], predictions: dict[str, list[str]], metric_nam
 
     subgroups = {"reference": {"normal": group_row(ref_normal), "abnormal": group_row(~ref_normal)}}
     has_findings = sum(1 for r in refs if r.findings.strip()) >= 0.5 * n
+    findings = [r.findings for r in refs] if has_findings else None
+    faithful = {name: faithfulness(ref_texts, hyps, findings) for name, hyps in predictions.items()}
     lengths = np.array([len((r.findings if has_findings else r.impression).split()) for r in refs])
     edges = np.quantile(lengths, [0.25, 0.5, 0.75]) if n else np.zeros(3)
     quartile = np.digitize(lengths, edges, right=True)
@@ -106,24 +113,21 @@ def compare(refs: list[Reference], predictions: dict[str, list[str]], metric_nam
 
     consistency = None
     if has_findings:
-        consistency = {}
-        for name, hyps in predictions.items():
-            kinds = {"contradicted": 0, "unsupported": 0, "omitted": 0}
-            flagged = 0
-            for r, h in zip(refs, hyps):
-                flags = labeler.consistency_flags(r.findings, h)
+        def count(pairs) -> dict:
+            kinds = dict.fromkeys(FLAG_TYPES, 0)
+            high = flagged = 0
+            for fnd, imp in pairs:
+                flags = consistency_flags(fnd, imp)
                 flagged += bool(flags)
+                high += any(f["severity"] == "high" for f in flags)
                 for f in flags:
                     kinds[f["type"]] += 1
-            consistency[name] = {**kinds, "reports_flagged_pct": 100.0 * flagged / max(n, 1)}
-        kinds = {"contradicted": 0, "unsupported": 0, "omitted": 0}
-        flagged = 0
-        for r in refs:  # the references' own rate: the floor a model is compared to
-            flags = labeler.consistency_flags(r.findings, r.impression)
-            flagged += bool(flags)
-            for f in flags:
-                kinds[f["type"]] += 1
-        consistency["(reference impressions)"] = {**kinds, "reports_flagged_pct": 100.0 * flagged / max(n, 1)}
+            return {**kinds, "reports_flagged_pct": 100.0 * flagged / max(n, 1),
+                    "reports_high_pct": 100.0 * high / max(n, 1)}
+
+        consistency = {name: count(zip((r.findings for r in refs), hyps)) for name, hyps in predictions.items()}
+        # the references' own rate: the floor a model is compared to
+        consistency["(reference impressions)"] = count((r.findings, r.impression) for r in refs)
 
     return {
         "n": n,
@@ -137,6 +141,9 @@ def compare(refs: list[Reference], predictions: dict[str, list[str]], metric_nam
         "subgroups": subgroups,
         "per_label": per_label,
         "consistency": consistency,
-        "per_sample": {name: {m: list(r.per_sample) for m, r in res.items()} for name, res in results.items()},
+        "faithfulness": {name: f["summary"] for name, f in faithful.items()},
+        "per_sample": {name: {**{m: list(r.per_sample) for m, r in res.items()},
+                              "missed_abnormal": faithful[name]["per_sample"]["missed_abnormal"]}
+                       for name, res in results.items()},
         "ids": [r.id for r in refs],
     }

@@ -18,7 +18,7 @@ The vocabulary was written while reading OpenI (Indiana University) reports; doc
 agreement with the NegBio gold labels on the half of the corpus it was developed on and on the other half.
 
 Server API: `label(text)`, `label_many(texts)`, `mentions(text)`, `is_normal(text)`,
-`consistency_flags(findings, impression)`.
+`positive_findings(text)`; findings ↔ impression checks are in faithfulness.py.
 """
 
 from __future__ import annotations
@@ -83,6 +83,20 @@ CONCEPTS: dict[str, tuple[str | None, str | None, str]] = {
     "fibrosis": (None, "Fibrosis", r"fibros\w*|fibrotic"),
     "hernia": (None, "Hernia", r"hernia\w*"),
     "fracture": ("Fracture", None, r"fractur\w*"),
+    # Findings neither scheme labels but a radiologist expects in the impression when present; they make a
+    # report abnormal (is_normal) and count in faithfulness, but not against CheXpert's "No Finding".
+    "granuloma": (None, None, r"granulomas?\b|granulomatous"),
+    "hyperinflation": (None, None, r"hyperinflat\w*|hyperexpan\w*|over-?inflat\w*|\bcopd\b"
+                                   r"|chronic obstructive pulmonary disease"),
+    # not "interstitial edema / opacities / infiltrates": those are the edema, opacity and infiltrate concepts
+    "interstitial_disease": (None, None, r"interstitial (?:lung )?(?:disease|markings|prominence|pattern|changes"
+                                         r"|thickening)"),
+    "scoliosis": (None, None, r"scolio\w*|kyphos\w*|kyphotic"),
+    "degenerative_change": (None, None, r"degenerative|spondylos\w*|osteophyt\w*|arthriti\w*"),
+    "free_air": (None, None, r"free (?:intraperitoneal |subdiaphragmatic )?air|pneumoperitone\w*"),
+    # the device itself is the "device" concept; this is what is wrong with it ("tube ... too low")
+    "malpositioned_device": (None, None, r"malposition\w*|misplaced|(?:in|into|within) the right main ?stem"
+                                         r"|(?:too|overly) (?:low|high|deep|proximal|distal)|coiled|kinked"),
     "device": ("Support Devices", None,
                r"pacemaker|pacer|defibrillator|\bicd\b|catheters?|picc|central line|central venous line"
                r"|(?:endotracheal|enteric|feeding|chest|ng|nasogastric|tracheostomy) tube|port-?a-?cath|stents?"
@@ -100,7 +114,10 @@ _CUE = re.compile("|".join([
     r"(?P<postunc>\bcan ?not (?:be )?(?:excluded|ruled out)|\bcan't (?:be )?(?:excluded|ruled out)"
     r"|\b(?:is |are )?not (?:be )?(?:entirely |completely )?(?:excluded|ruled out)|\bdifficult to (?:exclude|rule out)"
     r"|\b(?:is|are) (?:suspected|possible|questioned|likely|favored)\b|\?)",
-    r"(?P<unc>\bcan ?not (?:exclude|rule out)|\bcan't (?:exclude|rule out)|\bnot exclude\w*|\bmay\b|\bmight\b|\bcould\b|\bpossibl[ey]\b|\blikely\b|\bsuspect\w*"
+    r"(?P<unc>\bcan ?not (?:exclude|rule out)|\bcan't (?:exclude|rule out)|\bnot exclude\w*"
+    # an indication's question is not a finding: "rule out pneumonia", "r/o ptx", "evaluate for effusion"
+    r"|\bto (?:exclude|rule out)\b|\brule out\b|\br/o\b|\bruling out\b|\bevaluat(?:e|ion|ing) for\b"
+    r"|\bassess(?:ment)? for\b|\bquestion of\b|\bquery\b|\bvs\.?\b|\bversus\b|\bmay\b|\bmight\b|\bcould\b|\bpossibl[ey]\b|\blikely\b|\bsuspect\w*"
     r"|\bsuspicious\b|\bsuggest\w*|\bquestion(?:able|ably|ed)?\b|\bconcern\w*|\bworrisome\b"
     r"|\bdifferential\b|\bconsider\w*|\bequivocal\b|\bindeterminate\b|\bpresumed\b"
     r"|\bperhaps\b|\buncertain\b)",
@@ -193,15 +210,32 @@ def mentions(text: str) -> list[Mention]:
     return found
 
 
-def _abnormal(found: list[Mention]) -> bool:
+_UNLABELLED = {c for c, (chex, cxr14, _) in CONCEPTS.items() if chex is None and cxr14 is None}
+
+
+def _abnormal(found: list[Mention], unlabelled: bool = True) -> bool:
     # Any finding but a device, in either scheme: "emphysema without acute disease" is not normal even
-    # though CheXpert has no emphysema observation.
-    return any(m.status in (POSITIVE, UNCERTAIN) and m.concept != "device" for m in found)
+    # though CheXpert has no emphysema observation. `unlabelled=False` ignores the concepts neither scheme
+    # labels (granuloma, scoliosis, ...), as CheXpert's "No Finding" does.
+    return any(m.status in (POSITIVE, UNCERTAIN) and m.concept != "device"
+               and (unlabelled or m.concept not in _UNLABELLED) for m in found)
 
 
 def is_normal(text: str) -> bool:
     """True when the report states no finding (devices aside), positive or uncertain, in either scheme."""
     return bool((text or "").strip()) and not _abnormal(mentions(text))
+
+
+def positive_findings(text: str) -> list[str]:
+    """The findings a text states, in order of first mention, as short names ("nodule", "possible
+    pneumonia", "support device"): positive concepts, then uncertain ones prefixed "possible". This is
+    the line the default model's prompt carries, so the model sees what it must not leave out."""
+    status: dict[str, str] = {}
+    for m in mentions(text or ""):
+        if m.status in (POSITIVE, UNCERTAIN) and _RANK[m.status] > _RANK.get(status.get(m.concept, ""), 0):
+            status[m.concept] = m.status
+    names = {"device": "support device"}
+    return [("" if st == POSITIVE else "possible ") + names.get(c, c.replace("_", " ")) for c, st in status.items()]
 
 
 def _aggregate(found: list[Mention], scheme: str) -> dict[str, str]:
@@ -214,7 +248,7 @@ def _aggregate(found: list[Mention], scheme: str) -> dict[str, str]:
         if out[target] == NOT_MENTIONED or _RANK[m.status] > _RANK[out[target]]:
             out[target] = m.status
     if scheme == "chexpert":
-        out["No Finding"] = NOT_MENTIONED if _abnormal(found) else POSITIVE
+        out["No Finding"] = NOT_MENTIONED if _abnormal(found, unlabelled=False) else POSITIVE
     return out
 
 
@@ -239,61 +273,3 @@ def binary(labels: dict[str, str], uncertain_as: int = 0) -> dict[str, int]:
     clinical F1 counts only definite positives (uncertain_as=0).
     """
     return {k: 1 if v == POSITIVE else (uncertain_as if v == UNCERTAIN else 0) for k, v in labels.items()}
-
-
-# An impression may name a diagnosis the findings support only by its sign: "opacity" → "pneumonia".
-_SUPPORTED_BY = {
-    "Pneumonia": {"Lung Opacity", "Consolidation"},
-    "Consolidation": {"Lung Opacity", "Pneumonia"},
-    "Atelectasis": {"Lung Opacity"},
-    "Edema": {"Lung Opacity", "Cardiomegaly"},
-    "Lung Lesion": {"Lung Opacity"},
-    "Lung Opacity": {"Consolidation", "Pneumonia", "Atelectasis", "Edema", "Lung Lesion"},
-    "Cardiomegaly": {"Enlarged Cardiomediastinum"},
-    "Enlarged Cardiomediastinum": {"Cardiomegaly"},
-}
-# Findings routinely list these without the impression repeating them; omitting them is not a flag.
-_NOT_REQUIRED_IN_IMPRESSION = {"No Finding", "Support Devices"}
-
-
-_SEVERITY = {"contradicted": "high", "unsupported": "medium", "omitted": "low"}
-
-
-def consistency_flags(findings: str, impression: str) -> list[dict]:
-    """Disagreements between a report's findings and its (generated) impression, by CheXpert observation.
-
-    Each flag is {"type", "severity", "observation", "message", "findings_spans", "impression_spans"}:
-      "contradicted" (high)  — the impression asserts what the findings negate, or negates what they state;
-      "unsupported" (medium) — the impression asserts a finding the findings never mention (a likely
-                               hallucination), unless the findings state a sign of it (opacity → pneumonia);
-      "omitted" (low)        — the findings state a positive finding the impression does not mention.
-    The spans are [start, end) character offsets of that observation's mentions in each text, for
-    highlighting. Empty findings give no flags: there is nothing to check the impression against.
-    """
-    if not (findings or "").strip():
-        return []
-    f_mentions, i_mentions = mentions(findings), mentions(impression or "")
-    f, i = _aggregate(f_mentions, "chexpert"), _aggregate(i_mentions, "chexpert")
-    flags = []
-
-    def flag(kind: str, obs: str, message: str) -> None:
-        flags.append({"type": kind, "severity": _SEVERITY[kind], "observation": obs, "message": message,
-                      "findings_spans": [[m.start, m.end] for m in f_mentions if m.chexpert == obs],
-                      "impression_spans": [[m.start, m.end] for m in i_mentions if m.chexpert == obs]})
-
-    for obs in CHEXPERT:
-        if obs == "No Finding":
-            continue
-        fs, is_ = f[obs], i[obs]
-        name = obs.lower()
-        if is_ in (POSITIVE, UNCERTAIN) and fs == NEGATIVE:
-            flag("contradicted", obs, f"impression states {name} but the findings negate it")
-        elif is_ == NEGATIVE and fs == POSITIVE:
-            flag("contradicted", obs, f"impression negates {name} but the findings state it")
-        elif is_ in (POSITIVE, UNCERTAIN) and fs == NOT_MENTIONED and obs != "Support Devices":
-            if not any(f[s] in (POSITIVE, UNCERTAIN) for s in _SUPPORTED_BY.get(obs, ())):
-                flag("unsupported", obs, f"impression states {name}, which the findings never mention")
-        elif fs == POSITIVE and is_ == NOT_MENTIONED and obs not in _NOT_REQUIRED_IN_IMPRESSION:
-            if not any(i[o] in (POSITIVE, UNCERTAIN) and obs in _SUPPORTED_BY.get(o, ()) for o in CHEXPERT):
-                flag("omitted", obs, f"findings state {name}, which the impression omits")
-    return flags

@@ -76,13 +76,35 @@ def _tables(result: dict) -> list[tuple[str, str, list[str], list[list[str]]]]:
                 "vs the reference impression; R-L: mean ROUGE-L on references positive for the label.",
                 header, rows))
 
+    if result.get("faithfulness"):
+        cols = [("missed_abnormal", "missed-abnormal %"), ("false_abnormal", "false-abnormal %"),
+                ("finding_precision", "finding P"), ("finding_recall", "finding R"), ("finding_f1", "finding F1"),
+                ("unsupported_rate", "unsupported %"), ("with_unsupported", "impressions with unsupported %")]
+        faith = result["faithfulness"]
+        rows = [[name] + [_num(f.get(k)) for k, _ in cols] for name, f in faith.items()]
+        first = next(iter(faith.values()))
+        if "unsupported_rate_references" in first:
+            rows.append(["(reference impressions)"] + [""] * 5 + [_num(first["unsupported_rate_references"]),
+                                                             _num(first["with_unsupported_references"])])
+        out.append(("Faithfulness to the findings", f"Missed-abnormal: of the {first['n_abnormal']} references "
+                    "that state a finding, the share whose prediction states none (lower is better). Finding "
+                    "P/R/F1: the findings the prediction states against those the reference states, micro-"
+                    "averaged. Unsupported: findings a prediction states that its own findings text never states "
+                    "(a hallucination or a finding copied from a prior case); the references' rate is the floor.",
+                    ["model"] + [h for _, h in cols], rows))
+
     if result.get("consistency"):
-        rows = [[name, str(c["contradicted"]), str(c["unsupported"]), str(c["omitted"]),
-                 _num(c["reports_flagged_pct"])] for name, c in result["consistency"].items()]
+        kinds = ["contradicted", "omitted", "unsupported", "severity_changed", "comparison_claim"]
+        rows = [[name] + [str(c.get(k, 0)) for k in kinds] + [_num(c["reports_flagged_pct"]),
+                                                             _num(c.get("reports_high_pct"))]
+                for name, c in result["consistency"].items()]
         out.append(("Consistency with the findings", "contradicted: states what the findings negate (or the "
-                    "reverse); unsupported: a finding the findings never mention; omitted: a positive finding "
-                    "left out. The reference impressions' own rate is the floor.",
-                    ["model", "contradicted", "unsupported", "omitted", "reports flagged %"], rows))
+                    "reverse); omitted: a stated finding left out; unsupported: a finding the findings never mention; "
+                    "severity changed: moderate → small; comparison claim: stable / new / improved with no comparison "
+                    "in the findings. High: a contradiction, or a missed or invented pneumothorax, nodule or mass, "
+                    "free air or misplaced tube or line. The reference impressions' own rate is the floor.",
+                    ["model"] + [k.replace("_", " ") for k in kinds] + ["reports flagged %", "with a high flag %"],
+                    rows))
     return out
 
 

@@ -40,7 +40,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from radgpt.errors import FatalError
 from radgpt.generate import PRESETS, Decoding
-from radgpt.impress import STOP_STRINGS, check, sha256_text
+from radgpt.impress import STOP_STRINGS, finish, sha256_text
 from radgpt.net import SameOrigin, SecurityHeaders
 from radgpt.serve.batcher import Batcher, Job, QueueFull, WorkerError
 
@@ -100,6 +100,8 @@ class ChatBody(_Body):
 class ImpressionBody(_Body):
     findings: str
     similar: int = Field(3, ge=0, le=20)
+    # radgpt: the faithfulness repair (radgpt.impress.finish); false = the model's text as generated
+    repair: bool = True
 
 
 def _validation_message(e: ValidationError) -> str:
@@ -581,9 +583,13 @@ def create_app(models: dict, settings: Settings | None = None) -> FastAPI:
 
         def result(g) -> dict:
             finished(request, findings, [g])
-            return {"id": rid, "object": "impression", "created": created, "model": name, "impression": g.text,
+            try:
+                text, repairs, flags = finish(findings, g.text, hits[0], body.repair and model.repair)
+            except Exception:  # noqa: BLE001 — a labeler bug must not fail the impression: raw text, no flags
+                text, repairs, flags = g.text, [], None
+            return {"id": rid, "object": "impression", "created": created, "model": name, "impression": text,
                     "finish_reason": _finish(g), "similar_cases": similar, "shot_case_ids": shot_ids[0],
-                    "consistency_flags": _flags(findings, g.text, hits[0]),
+                    "consistency_flags": flags, "repairs": repairs,
                     "provenance": {**model.provenance(), "decoding": decoding.to_dict()},
                     "usage": {"prompt_tokens": g.prompt_tokens, "completion_tokens": g.completion_tokens,
                               "total_tokens": g.prompt_tokens + g.completion_tokens},
@@ -648,10 +654,3 @@ def _unpaired_surrogate(value, where: str = "body") -> str | None:
 def _finish(g) -> str:
     return "length" if g.finish_reason == "length" else "stop"
 
-
-def _flags(findings: str, impression: str, hits: list) -> list | None:
-    """Consistency flags against the findings and the prior cases shown (None if the check itself fails)."""
-    try:
-        return check(findings, impression, hits)
-    except Exception:  # noqa: BLE001 — a labeler bug must not fail the impression
-        return None

@@ -15,7 +15,6 @@ one, since anyone who knows it can recompute which model wrote each candidate on
 from __future__ import annotations
 
 import random
-import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,25 +62,12 @@ def _pick(name: str, row: dict, given: str | None, options: tuple[str, ...], wha
     )
 
 
-# A whole impression that only says "nothing acute" (the ~40% OpenI boilerplate), after numbering and
-# punctuation are stripped. Anything else counts as abnormal; `Fields.stratum` overrides the guess.
-_NORMAL = re.compile(
-    r"^(there is )?(no|negative for)( evidence of)?( (acute|active))?( or active)?"
-    r"( (radiographic|cardiopulmonary|pulmonary|cardiac|intrathoracic|chest|osseous|preoperative))*"
-    r"( (disease|abnormality|abnormalities|process|findings?|diseases?)).*$"
-    r"|^(normal|negative) chest( (x-?ray|x-?xxxx|radiographs?|xxxx|exam))?$"
-    r"|^(clear lungs|lungs are clear|normal( study| exam)?)$"
-    r"|^unremarkable( (radiographs?|study|exam|examination|chest))*( of the chest)?$"
-)
-
-
 def guess_stratum(impression: str) -> str:
-    text = re.sub(r"\b\d+\.\s*", " ", impression.lower())
-    text = re.sub(r"[.\s]+$", "", re.sub(r"\s+", " ", text)).strip()
-    sentences = [s.strip() for s in re.split(r"\.\s+", text) if s.strip()]
-    if len(sentences) == 1 and _NORMAL.match(sentences[0]) and "otherwise" not in text:
-        return "normal"
-    return "abnormal"
+    """"abnormal" when the reference impression states a finding — the one definition radgpt uses everywhere
+    (radgpt.evaluate.faithfulness.is_abnormal); `Fields.stratum` overrides the guess."""
+    from radgpt.evaluate.faithfulness import is_abnormal
+
+    return "abnormal" if is_abnormal(impression) else "normal"
 
 
 def _stratum_value(name: str, value) -> str:
