@@ -2,8 +2,8 @@
 through the default path and for the nearest-prior-case baseline, side by side (OpenI validate).
 
     .venv/bin/python bench/bench_faithfulness.py                        # default model vs baseline:nearest
-    .venv/bin/python bench/bench_faithfulness.py --model runs/my-run --impress-args "--shots 2"
-    .venv/bin/python bench/bench_faithfulness.py --latency-n 30         # + single-impression p50 (default path)
+    .venv/bin/python bench/bench_faithfulness.py --backends transformers,ct2 --latency-n 30
+    .venv/bin/python bench/bench_faithfulness.py --impress-args=--no-repair   # the model's text as generated
 
 Each model's impressions come from the command a user runs — `radgpt impress FILE --field inputs` with its
 default backend and batch size — in a subprocess, so the figures are what a user gets. Missed-abnormal: the
@@ -36,10 +36,10 @@ def impress_file(model: str | None, data: Path, out: Path, extra: list[str]) -> 
     return time.perf_counter() - t0
 
 
-def latency(model: str | None, findings: list[str], n: int) -> float:
+def latency(model: str | None, backend: str, findings: list[str], n: int) -> float:
     from radgpt.impress import load_model
 
-    m = load_model(model)  # as `impress "text"` and `serve` load it for single impressions
+    m = load_model(model, backend=backend)  # as `impress "text"` and `serve` load it for single impressions
     for f in findings[:2]:
         m.impress([f])
     lat = []
@@ -69,6 +69,9 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="run folder (default: the shipped model)")
     ap.add_argument("--data", default=str(REPO / "data/openi/clin-summ/validate.jsonl"))
     ap.add_argument("--impress-args", default="", help="extra `radgpt impress` flags for --model (not the baseline)")
+    ap.add_argument("--backends", default="auto",
+                    help="comma-separated `impress --backend` values, one row each (auto = what a user gets: "
+                         "the CTranslate2 export if `radgpt export` made one, else transformers)")
     ap.add_argument("--no-baseline", action="store_true")
     ap.add_argument("--latency-n", type=int, default=0, help="single impressions timed (0 = skip)")
     ap.add_argument("--save", help="keep each model's impressions JSONL in this folder")
@@ -76,7 +79,9 @@ def main() -> None:
     data = Path(args.data)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [(args.model or "radgpt-smollm2-135m (default)", args.model, shlex.split(args.impress_args))]
+        name = args.model or "radgpt-smollm2-135m"
+        runs = [(f"{name} ({b})", args.model, shlex.split(args.impress_args) + ["--backend", b])
+                for b in args.backends.split(",")]
         if not args.no_baseline:
             runs.append(("baseline:nearest", "baseline:nearest", []))
         for label, model, extra in runs:
@@ -84,9 +89,9 @@ def main() -> None:
             out.parent.mkdir(parents=True, exist_ok=True)
             secs = impress_file(model, data, out, extra)
             row = {"model": label, "flags": " ".join(extra), **score(data, out), "seconds": round(secs, 1)}
-            if args.latency_n and model != "baseline:nearest" and not extra:
+            if args.latency_n and model != "baseline:nearest":
                 findings = [json.loads(x)["inputs"] for x in data.read_text().splitlines() if x.strip()]
-                row["p50_ms"] = round(latency(model, findings, args.latency_n))
+                row["p50_ms"] = round(latency(model, extra[-1], findings, args.latency_n))
             rows.append(row)
             print("row:", json.dumps(row), flush=True)
     keys = [("rougeL", "R-L"), ("rougeL_abnormal", "R-L abn"), ("missed_abnormal", "missed-abnormal %"),

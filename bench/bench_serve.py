@@ -54,6 +54,17 @@ def start(model: str, extra: list[str], tmp: Path) -> tuple[subprocess.Popen, st
     raise SystemExit(f"server did not start: {proc.stderr.read().decode()[-2000:]}")
 
 
+def run_clients(target, clients: int) -> float:
+    """Run `target` in `clients` threads at once; the wall time until all are done."""
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=target) for _ in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - t0
+
+
 def load(url: str, findings: list[str], n: int, clients: int, max_tokens: int) -> dict:
     lock = threading.Lock()
     next_i = [0]
@@ -77,13 +88,7 @@ def load(url: str, findings: list[str], n: int, clients: int, max_tokens: int) -
                 with lock:
                     results.append((code, (time.perf_counter() - t0) * 1000))
 
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = run_clients(client, clients)
     ok = sorted(ms for code, ms in results if code == 200)
     codes: dict[int, int] = {}
     for code, _ in results:

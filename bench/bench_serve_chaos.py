@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
 import sys
 import tempfile
 import threading
@@ -33,6 +32,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+from bench_serve import run_clients, start  # noqa: E402 — bench/ is not a package
 
 MALFORMED = [
     (b"{", "application/json"),
@@ -96,8 +96,12 @@ def one(client: httpx.Client, url: str, kind: str, findings: str, rng: random.Ra
         return f"client-error:{type(e).__name__}", time.perf_counter() - t0
 
 
-def run_chaos(url: str, findings: list[str], requests: int, clients: int, seed: int,
-              audit: Path | None) -> dict:
+def _audit_lines(folder: Path) -> int:
+    return sum(1 for f in folder.glob("audit*.jsonl") for line in f.read_text().splitlines() if '"/v1/' in line)
+
+
+def run_chaos(url: str, findings: list[str], requests: int, clients: int, seed: int, audit_dir: Path) -> dict:
+    """The load above against a running server whose audit log is in `audit_dir` (audit*.jsonl)."""
     rng_master = random.Random(seed)
     plan = [(rng_master.choices([k for k, _ in KINDS], [w for _, w in KINDS])[0], rng_master.choice(findings),
              rng_master.random()) for _ in range(requests)]
@@ -133,17 +137,11 @@ def run_chaos(url: str, findings: list[str], requests: int, clients: int, seed: 
 
     w = threading.Thread(target=watch, daemon=True)
     w.start()
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - t0
+    wall = run_clients(worker, clients)
     # the audit line of a request whose client left is written when the server is done with it
     n_audit = 0
     for _ in range(120):
-        n_audit = sum(1 for line in audit.read_text().splitlines() if '"/v1/' in line) if audit and audit.exists() else 0
+        n_audit = _audit_lines(audit_dir)
         if n_audit >= requests:
             break
         time.sleep(0.25)
@@ -166,7 +164,7 @@ def run_chaos(url: str, findings: list[str], requests: int, clients: int, seed: 
             "health_dead": sum(1 for _, alive in health if not alive),
             "alive_at_end": final.status_code == 200 and all(w["alive"] for w in h["workers"].values()),
             "restarts": sum(w["restarts"] for w in h["workers"].values()),
-            "audit_lines": n_audit + 0, "final_audit_excluded": True}
+            "audit_lines": n_audit}
 
 
 def run_chaos_in_process(model, tmp: Path, requests: int, clients: int, seed: int, **settings) -> dict:
@@ -178,8 +176,7 @@ def run_chaos_in_process(model, tmp: Path, requests: int, clients: int, seed: in
     from radgpt.net import slow_client_guard
     from radgpt.serve.app import Settings, create_app
 
-    audit = tmp / "audit.jsonl"
-    app = create_app({"m": model}, Settings(audit_log=str(audit), timeout_s=10, **settings))
+    app = create_app({"m": model}, Settings(audit_log=str(tmp / "audit.jsonl"), timeout_s=10, **settings))
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -197,14 +194,13 @@ def run_chaos_in_process(model, tmp: Path, requests: int, clients: int, seed: in
         time.sleep(0.05)
     findings = [json.loads(x)["inputs"] for x in (REPO / "data/openi/clin-summ/validate.jsonl").read_text().splitlines()[:60]]
     try:
-        return run_chaos(url, findings, requests, clients, seed, audit)
+        return run_chaos(url, findings, requests, clients, seed, tmp)
     finally:
         server.should_exit = True
         t.join(10)
 
 
 def main() -> None:
-    from bench_serve import start
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="models/radgpt-smollm2-135m")
@@ -216,16 +212,14 @@ def main() -> None:
     findings = [json.loads(x)["inputs"] for x in (REPO / "data/openi/clin-summ/validate.jsonl").read_text().splitlines()]
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start(args.model, args.server_args.split(), Path(tmp))
-        audit = next(Path(tmp).glob("audit-*.jsonl"), None) or Path(tmp) / "none"
         try:
-            stats = run_chaos(url, findings, args.requests, args.clients, args.seed,
-                              next(Path(tmp).glob("audit-*.jsonl"), audit))
+            stats = run_chaos(url, findings, args.requests, args.clients, args.seed, Path(tmp))
         finally:
             proc.terminate()
             proc.wait(15)
     print(json.dumps(stats, indent=1))
-    print(f"\n| requests × clients | 5xx | /health wrong | worker alive at end | audit lines / sent | "
-          f"well-formed p50 / p95 | wall |")
+    print("\n| requests × clients | 5xx | /health wrong | worker alive at end | audit lines / sent | "
+          "well-formed p50 / p95 | wall |")
     print("|---|---:|---:|---|---:|---:|---:|")
     print(f"| {stats['sent']} × {stats['clients']} | {stats['5xx']} | {stats['health_false']} | "
           f"{stats['alive_at_end']} | {stats['audit_lines']} / {stats['sent']} | {stats['ok_p50_s']} s / "

@@ -111,6 +111,9 @@ def finish(findings: str, text: str, hits: list, repair: bool) -> tuple[str, lis
         from radgpt.evaluate.faithfulness import repair as repair_text
 
         text, repairs = repair_text(findings, text)
+        if repairs:  # added sentences are the findings' words, de-identification placeholders included
+            text = clean_placeholders(text)
+            repairs = [{**a, "sentence": clean_placeholders(a["sentence"])} for a in repairs]
     return text, repairs, check(findings, text, hits)
 
 
