@@ -97,7 +97,7 @@ def test_every_shipped_config_parses_and_builds(tiny, tmp_path):
     for path in ft:
         first = path.read_text().splitlines()[0]
         assert first.startswith("# radgpt finetune") or first.startswith("# accelerate"), path
-        cfg = load_config(FinetuneConfig, path, [f"model.base={tiny}", "model.quantization="])
+        cfg = load_config(FinetuneConfig, path, [f"model.base={tiny}", "model.quantization=", "lora.init_from="])
         # a tiny Llama has the same projection names as the 7B families
         model = build_model(cfg, "cpu")
         assert any(p.requires_grad for p in model.parameters()), path
@@ -197,3 +197,23 @@ def test_lora_dropout_acts_on_the_rank_activations_in_training_only(tiny, tmp_pa
     assert any(isinstance(m, torch.nn.Dropout) and m.p == 0.5 for m in peft_way.modules())
     with pytest.raises(FatalError, match="dropout_site"):
         build_model(_cfg(tiny, tmp_path / "r3", "lora.dropout_site=middle"), "cpu")
+
+
+def test_lora_init_from_continues_a_saved_adapter_and_refuses_one_that_does_not_fit(tiny, tmp_path):
+    cfg = load_config(FinetuneConfig, None, [f"model.base={tiny}", "lora.r=4"])
+    first = build_model(cfg, "cpu")
+    with torch.no_grad():
+        for n, p in first.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.5)  # a trained adapter: B is no longer zero
+    first.save_pretrained(tmp_path / "run")
+    cont = build_model(load_config(FinetuneConfig, None, [f"model.base={tiny}", "lora.r=4",
+                                                          f"lora.init_from={tmp_path / 'run'}"]), "cpu")
+    a = {n: p for n, p in first.named_parameters() if "lora_" in n}
+    b = {n: p for n, p in cont.named_parameters() if "lora_" in n}
+    assert a.keys() == b.keys() and all(torch.equal(a[k].float(), b[k].float()) for k in a)
+    with pytest.raises(FatalError, match="does not fit"):
+        build_model(load_config(FinetuneConfig, None, [f"model.base={tiny}", "lora.r=8",
+                                                       f"lora.init_from={tmp_path / 'run'}"]), "cpu")
+    with pytest.raises(FatalError, match="not found"):
+        build_model(load_config(FinetuneConfig, None, [f"model.base={tiny}", f"lora.init_from={tmp_path}"]), "cpu")
