@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from radgpt.serve.batcher import Batcher, Job
 from radgpt.generate import Decoding
+from radgpt.serve.batcher import Batcher, Job
 from tests.test_serve import FINDINGS, EchoModel, client_for, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
@@ -173,7 +173,6 @@ def test_cross_origin_requests_are_refused_and_json_is_required(tmp_path):
 
 def test_one_audit_line_per_request_whatever_its_fate(tmp_path):
     audit = tmp_path / "audit.jsonl"
-    gate = threading.Event()
     model = EchoModel(delay=0.05)
     with client_for({"echo": model}, timeout_s=2, audit_log=str(audit)) as c:
         wait_ready(c)
@@ -184,8 +183,7 @@ def test_one_audit_line_per_request_whatever_its_fate(tmp_path):
         with c.stream("POST", "/v1/impressions", json={"findings": FINDINGS, "stream": True}) as r:
             next(r.iter_lines())  # read the first event, then leave
         c.post("/v1/completions", json={"prompt": "a b", "stream": True})
-        gate.set()
-        time.sleep(0.5)
+        time.sleep(0.5)  # the dropped stream's line is written when the server is done with it
     recs = _audit_lines(audit)
     assert len(recs) == 6, recs
     assert [r["status"] for r in recs[:4]] == [200, 504, 200, 400]
