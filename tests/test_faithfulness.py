@@ -80,6 +80,9 @@ def test_severity_words_and_comparison_claims():
     assert [f["type"] for f in flags] == ["severity_changed"]
     assert "moderate" in flags[0]["message"] and "mild" in flags[0]["message"]
     assert consistency_flags("Small left pleural effusion.", "Small left effusion.") == []
+    # a severity word of the next sentence is not this finding's
+    same = "Stable moderate cardiomegaly. Large left pleural effusion."
+    assert consistency_flags(same, "1. Stable moderate cardiomegaly. 2. Large left pleural effusion.") == []
     flags = consistency_flags("Heart size normal. Left basilar atelectasis.", "Stable left basilar atelectasis.")
     assert [f["type"] for f in flags] == ["comparison_claim"]
     # a comparison in the findings makes the claim fair

@@ -157,8 +157,9 @@ def _severity(text: str, found: list, group: str) -> tuple[int, str] | None:
     for m in found:
         if _group(m.concept) != group or m.status == NEGATIVE:
             continue
-        before = " ".join(low[:m.start].split()[-3:])
-        after = " ".join(low[m.end:].split()[:2])
+        # within the mention's own clause: "moderate cardiomegaly. Large effusion" is not large cardiomegaly
+        before = " ".join(re.split(r"[.;:,\n]", low[:m.start])[-1].split()[-3:])
+        after = " ".join(re.split(r"[.;:,\n]", low[m.end:])[0].split()[:2])
         for w in _SEVERITY.findall(before + " " + after):
             if best is None or _SEVERITY_WORDS[w] > best[0]:
                 best = (_SEVERITY_WORDS[w], w)
@@ -242,6 +243,9 @@ def consistency_flags(findings: str, impression: str, priors: list[tuple[str, st
 
 
 # ---------------------------------------------------------------------------------------- repair
+# Left out of an impression that states other findings, these are still added: critical ones and the acute
+# major ones a reader acts on today (on validate this raised finding F1 by 1.4 and left ROUGE-L unchanged).
+ALWAYS_ADD = CRITICAL | {"Pleural Effusion", "Consolidation", "Pneumonia", "Edema"}
 # Stated alongside these, "no acute disease" would contradict the impression itself.
 ACUTE = {"Pneumothorax", "Pleural Effusion", "Consolidation", "Pneumonia", "Edema", "Lung Opacity", "Atelectasis",
          "free_air", "malpositioned_device", "Enlarged Cardiomediastinum"}
@@ -253,9 +257,6 @@ _BENIGN = re.compile(r"\b(old|healed|healing|remote|(?<!not )(?<!definitively )c
 _NORMAL_SENTENCE = re.compile(r"\b(no acute|no active|normal|negative|no evidence of (?:acute|active)"
                               r"|no radiographic evidence)\b", re.IGNORECASE)
 _LIST_MARK = re.compile(r"^\s*\d{1,2}[.)]\s+")
-
-
-MINOR: set[str] = set()
 
 
 def _sentences(text: str) -> list[tuple[int, int]]:
@@ -280,7 +281,8 @@ def repair(findings: str, impression: str) -> tuple[str, list[dict]]:
         from a prior case) or contradicts them is removed;
       - then, if what is left states no finding while the findings state a critical (pneumothorax, nodule or
         mass, free air, misplaced tube or line) or major one (effusion, consolidation, cardiomegaly, ...), or
-        leaves out a critical one, the findings' own sentence stating it is added; a "no acute ..." sentence
+        leaves out a critical or acute one (effusion, consolidation, pneumonia, edema), the findings' own
+        sentence stating it is added; a "no acute ..." sentence
         that an added acute finding would contradict is dropped. Sentences that call the finding old, healed,
         calcified or granulomatous are not added (radiologists leave those out of an impression).
     Added sentences are the radiologist's words from the findings, so they cannot invent anything; each
@@ -303,7 +305,7 @@ def repair(findings: str, impression: str) -> tuple[str, list[dict]]:
             kept.append((sent, _stated_in(impression, i_found, start, end)))
     have = set().union(*(g for _, g in kept)) if kept else set()
     have_finding = any(is_abnormal(s) for s, _ in kept)
-    wanted = CRITICAL | (MAJOR if not have_finding else set()) | (MINOR if not have_finding else set())
+    wanted = ALWAYS_ADD | (MAJOR if not have_finding else set())
     added, add_groups = [], set()
     for start, end in _sentences(findings):
         sent = findings[start:end]
