@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import sys
 import threading
 import time
 import uuid
@@ -162,17 +163,19 @@ class AuditRequests:
             outcome = "disconnected" if isinstance(e, asyncio.CancelledError) else "server_error"
             raise
         finally:
-            headers = dict(scope.get("headers") or [])
+            length = dict(scope.get("headers") or []).get(b"content-length", b"")
             status = seen["status"] or (500 if outcome == "server_error" else 499)
             if outcome is None and not seen["ended"]:
                 outcome = "disconnected"  # the client left before the response was over
             client = scope.get("client")
-            self.audit.write(client=client[0] if client else "?", endpoint=scope["path"], status=status,
-                             outcome=rec.pop("outcome", None) or outcome or ("ok" if status < 400 else "refused"),
-                             request_bytes=int(headers.get(b"content-length", b"0") or 0) if
-                             headers.get(b"content-length", b"0").isdigit() else 0,
-                             response_bytes=seen["bytes"], **rec,
-                             latency_ms=round((time.perf_counter() - t0) * 1000, 1))
+            try:
+                self.audit.write(client=client[0] if client else "?", endpoint=scope["path"], status=status,
+                                 outcome=rec.pop("outcome", None) or outcome or ("ok" if status < 400 else "refused"),
+                                 request_bytes=int(length) if length.isdigit() else 0,
+                                 response_bytes=seen["bytes"], **rec,
+                                 latency_ms=round((time.perf_counter() - t0) * 1000, 1))
+            except OSError as e:  # a full disk must not turn answered requests into errors; say it, without text
+                print(f"radgpt serve: audit log not written ({type(e).__name__})", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------------------- the app
