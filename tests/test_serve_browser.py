@@ -104,3 +104,40 @@ def test_clinician_page_keyboard_only(tiny_export, tmp_path):
     assert errors == [], errors
     audit = (tmp_path / "audit.jsonl").read_text()
     assert "pleural" not in audit and '"/v1/impressions"' in audit
+
+
+def test_a_high_flag_is_highlighted_and_copying_needs_a_second_press(tmp_path):
+    """The normal-sentence baseline (no repair) for findings with a pneumothorax: the page must show the high
+    omission, quote the word from the findings, and copy only after a deliberate second press."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from radgpt.study.synthetic import free_port
+
+    expect.set_options(timeout=20_000)
+    port = free_port()
+    server = start("baseline:normal", port, tmp_path / "audit.jsonl")
+    errors: list[str] = []
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            page = browser.new_page(viewport={"width": 1000, "height": 1100})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.goto(f"http://127.0.0.1:{port}/")
+            expect(page.locator("#status")).to_have_text("Ready.")
+            page.fill("#findings", "Small right apical pneumothorax. Heart size normal.")
+            page.keyboard.press("Control+Enter")
+            expect(page.locator("#status")).to_contain_text("Done.")
+            expect(page.locator("#flags li.flag-high")).to_contain_text("pneumothorax")
+            expect(page.locator("#flags li.flag-high mark")).to_have_text("pneumothorax")
+            page.click("#copy")
+            expect(page.locator("#copy")).to_have_text("Copy anyway")
+            expect(page.locator("#copied")).to_contain_text("High-severity check")
+            page.click("#copy")
+            expect(page.locator("#copied")).to_have_text("Copied.")
+            expect(page.locator("#copy")).to_have_text("Copy impression")
+            page.screenshot(path=str(ARTIFACTS / "serve_page_high_flag.png"), full_page=True)
+            browser.close()
+    finally:
+        server.kill()
+        server.wait(10)
+    assert errors == [], errors
