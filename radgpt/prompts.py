@@ -35,7 +35,7 @@ def clean_placeholders(text: str) -> str:
     """Drop de-identification placeholders from an impression: "x-XXXX" is an x-ray; any other masked word
     is removed with its space ("1. XXXX opacities" → "1. opacities")."""
     if "XXXX" not in text:
-        return text
+        return re.sub(r"\s+(?=[.,;:](?:\s|$))", "", text)  # "Negative chest ." (as the model writes it)
     text = re.sub(r"\bx-XXXX\b", "x-ray", text, flags=re.IGNORECASE)
     text = _PLACEHOLDER.sub("", text)
     return re.sub(r"^\s+|\s+(?=[.,;:])", "", text)
