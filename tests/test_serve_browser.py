@@ -3,6 +3,7 @@ alone, paste findings, watch the impression stream in, see similar prior cases, 
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 import sys
@@ -46,15 +47,16 @@ def start(model: Path, port: int, audit: Path) -> subprocess.Popen:
     raise RuntimeError(f"server did not start: {proc.stderr.read().decode()[-2000:]}")
 
 
-def test_clinician_page_keyboard_only(tiny_export, tmp_path):
+@contextlib.contextmanager
+def served_page(model, tmp_path: Path):
+    """`radgpt serve MODEL` on a free port and a Chromium page on it, ready; yields (page, console errors)."""
     from playwright.sync_api import expect, sync_playwright
 
     from radgpt.study.synthetic import free_port
 
     expect.set_options(timeout=20_000)
     port = free_port()
-    server = start(tiny_export, port, tmp_path / "audit.jsonl")
-    ARTIFACTS.mkdir(exist_ok=True)
+    server = start(model, port, tmp_path / "audit.jsonl")
     errors: list[str] = []
     try:
         with sync_playwright() as pw:
@@ -63,44 +65,52 @@ def test_clinician_page_keyboard_only(tiny_export, tmp_path):
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
             page.goto(f"http://127.0.0.1:{port}/")
             expect(page.locator("#status")).to_have_text("Ready.")
-            expect(page.locator("#model option")).to_have_count(1)
-            # count the changes to the impression while it is written: streamed deltas, not set once. Count
-            # mutation records, not observer callbacks: a fast model's whole stream can arrive in one network
-            # read, and then all its per-delta updates reach the observer in one callback.
-            page.evaluate("""() => { window.__changes = 0;
-                new MutationObserver((records) => { window.__changes += records.length; }).observe(
-                    document.getElementById('impression'),
-                    {childList: true, characterData: true, subtree: true}); }""")
-            for _ in range(8):  # keyboard only: Tab to the findings box
-                page.keyboard.press("Tab")
-                if page.evaluate("document.activeElement.id") == "findings":
-                    break
-            assert page.evaluate("document.activeElement.id") == "findings"
-            page.keyboard.insert_text(FINDINGS)  # what a paste does
-            page.keyboard.press("Control+Enter")
-            expect(page.locator("#status")).to_contain_text("Done.")
-            impression = page.inner_text("#impression").strip()
-            assert impression
-            assert page.evaluate("window.__changes") > 2, "the impression was not streamed"
-            expect(page.locator("#similar li")).to_have_count(3)
-            assert "Case " in page.inner_text("#similar")
-            expect(page.locator("#copy")).to_be_enabled()
-            for _ in range(6):  # Tab on to the copy button and press it
-                page.keyboard.press("Tab")
-                if page.evaluate("document.activeElement.id") == "copy":
-                    break
-            assert page.evaluate("document.activeElement.id") == "copy"
-            page.keyboard.press("Enter")
-            expect(page.locator("#copied")).to_have_text("Copied.")
-            page.screenshot(path=str(ARTIFACTS / "serve_page.png"), full_page=True)
-            # an empty submission is refused on the page without a request
-            page.fill("#findings", "   ")
-            page.keyboard.press("Control+Enter")
-            expect(page.locator("#status")).to_have_text("Paste the findings first.")
+            yield page, errors
             browser.close()
     finally:
         server.kill()
         server.wait(10)
+
+
+def test_clinician_page_keyboard_only(tiny_export, tmp_path):
+    from playwright.sync_api import expect
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with served_page(tiny_export, tmp_path) as (page, errors):
+        expect(page.locator("#model option")).to_have_count(1)
+        # count the changes to the impression while it is written: streamed deltas, not set once. Count
+        # mutation records, not observer callbacks: a fast model's whole stream can arrive in one network
+        # read, and then all its per-delta updates reach the observer in one callback.
+        page.evaluate("""() => { window.__changes = 0;
+            new MutationObserver((records) => { window.__changes += records.length; }).observe(
+                document.getElementById('impression'),
+                {childList: true, characterData: true, subtree: true}); }""")
+        for _ in range(8):  # keyboard only: Tab to the findings box
+            page.keyboard.press("Tab")
+            if page.evaluate("document.activeElement.id") == "findings":
+                break
+        assert page.evaluate("document.activeElement.id") == "findings"
+        page.keyboard.insert_text(FINDINGS)  # what a paste does
+        page.keyboard.press("Control+Enter")
+        expect(page.locator("#status")).to_contain_text("Done.")
+        impression = page.inner_text("#impression").strip()
+        assert impression
+        assert page.evaluate("window.__changes") > 2, "the impression was not streamed"
+        expect(page.locator("#similar li")).to_have_count(3)
+        assert "Case " in page.inner_text("#similar")
+        expect(page.locator("#copy")).to_be_enabled()
+        for _ in range(6):  # Tab on to the copy button and press it
+            page.keyboard.press("Tab")
+            if page.evaluate("document.activeElement.id") == "copy":
+                break
+        assert page.evaluate("document.activeElement.id") == "copy"
+        page.keyboard.press("Enter")
+        expect(page.locator("#copied")).to_have_text("Copied.")
+        page.screenshot(path=str(ARTIFACTS / "serve_page.png"), full_page=True)
+        # an empty submission is refused on the page without a request
+        page.fill("#findings", "   ")
+        page.keyboard.press("Control+Enter")
+        expect(page.locator("#status")).to_have_text("Paste the findings first.")
     assert errors == [], errors
     audit = (tmp_path / "audit.jsonl").read_text()
     assert "pleural" not in audit and '"/v1/impressions"' in audit
@@ -109,35 +119,20 @@ def test_clinician_page_keyboard_only(tiny_export, tmp_path):
 def test_a_high_flag_is_highlighted_and_copying_needs_a_second_press(tmp_path):
     """The normal-sentence baseline (no repair) for findings with a pneumothorax: the page must show the high
     omission, quote the word from the findings, and copy only after a deliberate second press."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    from radgpt.study.synthetic import free_port
-
-    expect.set_options(timeout=20_000)
-    port = free_port()
-    server = start("baseline:normal", port, tmp_path / "audit.jsonl")
-    errors: list[str] = []
-    try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            page = browser.new_page(viewport={"width": 1000, "height": 1100})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.goto(f"http://127.0.0.1:{port}/")
-            expect(page.locator("#status")).to_have_text("Ready.")
-            page.fill("#findings", "Small right apical pneumothorax. Heart size normal.")
-            page.keyboard.press("Control+Enter")
-            expect(page.locator("#status")).to_contain_text("Done.")
-            expect(page.locator("#flags li.flag-high")).to_contain_text("pneumothorax")
-            expect(page.locator("#flags li.flag-high mark")).to_have_text("pneumothorax")
-            page.click("#copy")
-            expect(page.locator("#copy")).to_have_text("Copy anyway")
-            expect(page.locator("#copied")).to_contain_text("High-severity check")
-            page.click("#copy")
-            expect(page.locator("#copied")).to_have_text("Copied.")
-            expect(page.locator("#copy")).to_have_text("Copy impression")
-            page.screenshot(path=str(ARTIFACTS / "serve_page_high_flag.png"), full_page=True)
-            browser.close()
-    finally:
-        server.kill()
-        server.wait(10)
+    ARTIFACTS.mkdir(exist_ok=True)
+    with served_page("baseline:normal", tmp_path) as (page, errors):
+        page.fill("#findings", "Small right apical pneumothorax. Heart size normal.")
+        page.keyboard.press("Control+Enter")
+        expect(page.locator("#status")).to_contain_text("Done.")
+        expect(page.locator("#flags li.flag-high")).to_contain_text("pneumothorax")
+        expect(page.locator("#flags li.flag-high mark")).to_have_text("pneumothorax")
+        page.click("#copy")
+        expect(page.locator("#copy")).to_have_text("Copy anyway")
+        expect(page.locator("#copied")).to_contain_text("High-severity check")
+        page.click("#copy")
+        expect(page.locator("#copied")).to_have_text("Copied.")
+        expect(page.locator("#copy")).to_have_text("Copy impression")
+        page.screenshot(path=str(ARTIFACTS / "serve_page_high_flag.png"), full_page=True)
     assert errors == [], errors
