@@ -62,15 +62,16 @@ class CaseIndex:
         return findings if self.match == "words" else _with_finding_terms(findings)
 
     def _rerank(self, query: str, hits: list[tuple[Case, float]], k: int) -> list[tuple[Case, float]]:
-        from radgpt.evaluate.faithfulness import NOT_REQUIRED, stated, unsupported
+        from radgpt.evaluate.faithfulness import NOT_REQUIRED, stated, unsupported_groups
 
         if self._stated is None:
             self._stated = {id(c): stated(c.impression) for c in self.cases}
-        want = stated(query) - NOT_REQUIRED
+        have = stated(query)  # the query's findings are read once, each case's impression once per index
+        want = have - NOT_REQUIRED
 
         def cost(hit):
-            case = hit[0]
-            return 2 * len(unsupported(query, case.impression)) + len(want - self._stated[id(case)])
+            claimed = self._stated[id(hit[0])]
+            return 2 * len(unsupported_groups(have, claimed)) + len(want - claimed)
 
         return sorted(hits, key=lambda h: (cost(h), -h[1]))[:k]
 

@@ -41,6 +41,10 @@ def test_unsupported_counts_findings_the_findings_never_state_with_the_reference
     assert unsupported(findings[1], hyps[1]) == set()  # opacity supports pneumonia
     out = faithfulness(refs, hyps, findings)["summary"]
     assert out["unsupported_rate"] == 50.0 and out["unsupported_rate_references"] == 0.0
+    # a sign the findings negate supports nothing: the measure and the reader's flag agree
+    assert unsupported("No focal opacity. Heart normal.", "Right lower lobe pneumonia.") == {"Pneumonia"}
+    assert ("unsupported", "medium", "Pneumonia") in kinds(
+        consistency_flags("No focal opacity. Heart normal.", "Right lower lobe pneumonia."))
 
 
 def test_the_reported_copy_of_a_prior_case_is_flagged_high():

@@ -20,11 +20,10 @@ from typing import Callable
 import numpy as np
 
 from radgpt.evaluate import labeler, metrics, stats
-from radgpt.evaluate.faithfulness import consistency_flags, faithfulness, is_abnormal
+from radgpt.evaluate.faithfulness import FLAG_TYPES, consistency_flags, faithfulness, is_abnormal
 from radgpt.evaluate.io import Reference
 
 # Shown in subgroup tables and tested between models (when computed); every metric gets a CI.
-FLAG_TYPES = ("contradicted", "omitted", "unsupported", "severity_changed", "comparison_claim", "copied")
 KEY_METRICS = ("rougeL", "bleu", "bertscore_minilm", "clinical_f1_pos_micro")
 
 

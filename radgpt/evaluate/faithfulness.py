@@ -62,23 +62,15 @@ def stated(text: str) -> set[str]:
     return {_group(m.concept) for m in mentions(text or "") if m.status in (POSITIVE, UNCERTAIN)}
 
 
-def negated(text: str) -> set[str]:
-    found = mentions(text or "")
-    pos = {_group(m.concept) for m in found if m.status != NEGATIVE}
-    return {_group(m.concept) for m in found if m.status == NEGATIVE} - pos
+def unsupported_groups(have: set[str], claimed: set[str]) -> set[str]:
+    """Of the groups an impression states (`claimed`), those its findings (stating `have`) neither state nor
+    show a stated sign of. One rule for the measure, the flags, the repair and retrieval's re-ranking."""
+    return {g for g in claimed - have if g != "Support Devices" and not SUPPORTED_BY.get(g, set()) & have}
 
 
 def unsupported(findings: str, impression: str) -> set[str]:
     """Finding groups the impression states that the findings neither state nor show a sign of."""
-    have = stated(findings)
-    out = set()
-    for g in stated(impression):
-        if g in have or g == "Support Devices":
-            continue
-        if SUPPORTED_BY.get(g, set()) & have:
-            continue
-        out.add(g)
-    return out
+    return unsupported_groups(stated(findings), stated(impression))
 
 
 def faithfulness(refs: list[str], hyps: list[str], findings: list[str] | None = None) -> dict:
@@ -138,14 +130,14 @@ _COMPARISON_BASIS = re.compile(r"\b(prior|previous|previously|comparison|compare
                                r"|again|redemonstrat\w*|persist\w*|improv\w*|worsen\w*|increas\w*|decreas\w*|new"
                                r"|resolv\w*|progress\w*|remain\w*|old|chronic|known)\b", re.IGNORECASE)
 _FLAG_SEVERITY = {"high": 3, "medium": 2, "low": 1}
+FLAG_TYPES = ("contradicted", "omitted", "unsupported", "severity_changed", "comparison_claim", "copied")
 
 
 def _by_group(found: list) -> dict[str, str]:
-    rank = {POSITIVE: 3, UNCERTAIN: 2, NEGATIVE: 1}
     out: dict[str, str] = {}
     for m in found:
         g = _group(m.concept)
-        if g not in out or rank[m.status] > rank[out[g]]:
+        if g not in out or labeler._RANK[m.status] > labeler._RANK[out[g]]:
             out[g] = m.status
     return out
 
@@ -202,7 +194,9 @@ def consistency_flags(findings: str, impression: str, priors: list[tuple[str, st
         flags.append({"type": kind, "severity": severity, "observation": group, "message": message,
                       "findings_spans": f_spans, "impression_spans": i_spans})
 
+    stated_f = {g for g, st in f.items() if st in (POSITIVE, UNCERTAIN)}
     stated_i = {g for g, st in i.items() if st in (POSITIVE, UNCERTAIN)}
+    invented = unsupported_groups(stated_f, stated_i)
     for g in list(dict.fromkeys([*f, *i])):
         fs, is_ = f.get(g, "not_mentioned"), i.get(g, "not_mentioned")
         name = g.lower().replace("_", " ")
@@ -211,10 +205,9 @@ def consistency_flags(findings: str, impression: str, priors: list[tuple[str, st
             flag("contradicted", "high", g, f"impression states {name} but the findings negate it")
         elif is_ == NEGATIVE and fs == POSITIVE:
             flag("contradicted", "high", g, f"impression negates {name} but the findings state it")
-        elif is_ in (POSITIVE, UNCERTAIN) and fs == "not_mentioned" and g != "Support Devices":
-            if not SUPPORTED_BY.get(g, set()) & set(f):
-                flag("unsupported", "high" if critical else "medium", g,
-                     f"impression states {name}, which the findings never mention")
+        elif fs == "not_mentioned" and g in invented:
+            flag("unsupported", "high" if critical else "medium", g,
+                 f"impression states {name}, which the findings never mention")
         elif fs == POSITIVE and is_ == "not_mentioned" and g not in NOT_REQUIRED:
             if not any(g in SUPPORTED_BY.get(o, ()) for o in stated_i):
                 severity = "high" if critical else "medium" if g in MAJOR else "low"
@@ -234,8 +227,8 @@ def consistency_flags(findings: str, impression: str, priors: list[tuple[str, st
         norm = _normalise(impression)
         for case_id, text in priors:
             if _normalise(text) == norm:
-                invented = any(x["type"] == "unsupported" for x in flags)
-                flag("copied", "high" if invented else "medium", None, f"impression is word for word the "
+                has_unsupported = any(x["type"] == "unsupported" for x in flags)
+                flag("copied", "high" if has_unsupported else "medium", None, f"impression is word for word the "
                      f"impression of prior case {case_id}", [], [[0, len(impression)]])
                 break
     flags.sort(key=lambda x: -_FLAG_SEVERITY[x["severity"]])
