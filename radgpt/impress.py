@@ -94,27 +94,20 @@ def adapter_hash(run: Path) -> str | None:
     return None
 
 
-def check(findings: str, impression: str, hits: list) -> list[dict]:
-    """Consistency flags of an impression against its findings and the prior cases retrieved for it."""
-    from radgpt.evaluate.faithfulness import consistency_flags
-
-    return consistency_flags(findings, impression, [(c.id, c.impression) for c, _ in hits])
-
-
 def finish(findings: str, text: str, hits: list, repair: bool) -> tuple[str, list[dict], list[dict]]:
     """A generated impression as shown to a reader: (text, repairs, flags). With `repair`, sentences stating a
     finding the findings do not state are dropped and a stated critical or major finding the model left out
     is added in the findings' own words (radgpt.evaluate.faithfulness.repair); the flags are those of the
-    final text. On OpenI validate it took missed-abnormal from 35% to 11% (transformers; README)."""
+    final text, checked against the findings and the prior cases retrieved for it. On OpenI validate it took missed-abnormal from 35% to 11% (transformers; README)."""
+    from radgpt.evaluate.faithfulness import consistency_flags, repair as repair_text
+
     repairs: list[dict] = []
     if repair:
-        from radgpt.evaluate.faithfulness import repair as repair_text
-
         text, repairs = repair_text(findings, text)
         if repairs:  # added sentences are the findings' words, de-identification placeholders included
             text = clean_placeholders(text)
             repairs = [{**a, "sentence": clean_placeholders(a["sentence"])} for a in repairs]
-    return text, repairs, check(findings, text, hits)
+    return text, repairs, consistency_flags(findings, text, [(c.id, c.impression) for c, _ in hits])
 
 
 def load_cases(path: str | Path):

@@ -74,6 +74,12 @@ class SameOrigin:
         await resp(scope, receive, send)
 
 
+def declares_json(content_type: str) -> bool:
+    """A body declared `application/json` (parameters aside): what a page on another site cannot send
+    without a CORS preflight, which `SameOrigin` refuses."""
+    return content_type.split(";")[0].strip().lower() == "application/json"
+
+
 def cross_origin_reason(method: str, headers: dict[str, str]) -> str | None:
     """Why a request (lower-cased header names) is cross-origin, or None when it is same-origin or not from a
     browser."""

@@ -34,11 +34,10 @@ _PLACEHOLDER = re.compile(r"\s*\bX{4,}\b(?:\s+X{4,}\b)*")
 def clean_placeholders(text: str) -> str:
     """Drop de-identification placeholders from an impression: "x-XXXX" is an x-ray; any other masked word
     is removed with its space ("1. XXXX opacities" → "1. opacities")."""
-    if "XXXX" not in text:
-        return re.sub(r"\s+(?=[.,;:](?:\s|$))", "", text)  # "Negative chest ." (as the model writes it)
-    text = re.sub(r"\bx-XXXX\b", "x-ray", text, flags=re.IGNORECASE)
-    text = _PLACEHOLDER.sub("", text)
-    return re.sub(r"^\s+|\s+(?=[.,;:])", "", text)
+    if "XXXX" in text:
+        text = re.sub(r"\bx-XXXX\b", "x-ray", text, flags=re.IGNORECASE)
+        text = _PLACEHOLDER.sub("", text).lstrip()
+    return re.sub(r"\s+(?=[.,;:](?:\s|$))", "", text)  # no space before punctuation ("Negative chest .")
 
 
 def _as_data(text: str) -> str:

@@ -42,7 +42,7 @@ from starlette.middleware.trustedhost import TrustedHostMiddleware
 from radgpt.errors import FatalError
 from radgpt.generate import PRESETS, Decoding
 from radgpt.impress import STOP_STRINGS, finish, sha256_text
-from radgpt.net import SameOrigin, SecurityHeaders
+from radgpt.net import SameOrigin, SecurityHeaders, declares_json
 from radgpt.serve.batcher import Batcher, Job, QueueFull, WorkerError
 
 HERE = Path(__file__).parent
@@ -266,8 +266,7 @@ def create_app(models: dict, settings: Settings | None = None) -> FastAPI:
                            "authentication_error", {"WWW-Authenticate": "Bearer"})
 
     async def read_json(request: Request, model_cls):
-        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if ctype != "application/json":
+        if not declares_json(request.headers.get("content-type", "")):
             raise ApiError(415, "the body must be sent as Content-Type: application/json", "unsupported_media_type")
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > s.max_body_bytes:
@@ -301,7 +300,7 @@ def create_app(models: dict, settings: Settings | None = None) -> FastAPI:
         if where:
             raise ApiError(400, f"{where}: text holds an unpaired UTF-16 surrogate (e.g. \\ud800), which is "
                            "not a character", "invalid_text")
-        return body, len(raw)
+        return body
 
     def note(request: Request, **fields) -> None:
         """Add to this request's audit line (never text: sizes, hashes, counts, codes)."""
@@ -480,7 +479,7 @@ def create_app(models: dict, settings: Settings | None = None) -> FastAPI:
     @app.post("/v1/completions")
     async def completions(request: Request):
         check_auth(request)
-        body, _ = await read_json(request, CompletionBody)
+        body = await read_json(request, CompletionBody)
         name, model, batcher = pick_model(body.model)
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if not prompts or any(not p.strip() for p in prompts):
@@ -527,7 +526,7 @@ def create_app(models: dict, settings: Settings | None = None) -> FastAPI:
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         check_auth(request)
-        body, _ = await read_json(request, ChatBody)
+        body = await read_json(request, ChatBody)
         name, model, batcher = pick_model(body.model)
         users = [m for m in body.messages if m.role == "user"]
         if not users:
@@ -573,7 +572,7 @@ def create_app(models: dict, settings: Settings | None = None) -> FastAPI:
     async def impressions(request: Request):
         t0 = time.perf_counter()
         check_auth(request)
-        body, _ = await read_json(request, ImpressionBody)
+        body = await read_json(request, ImpressionBody)
         name, model, batcher = pick_model(body.model)
         findings = check_findings(body.findings)
         decoding, limit = decoding_for(body, body.max_tokens)

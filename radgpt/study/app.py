@@ -36,7 +36,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from radgpt.errors import FatalError
-from radgpt.net import SameOrigin, SecurityHeaders
+from radgpt.net import SameOrigin, SecurityHeaders, declares_json
 from radgpt.study import auth, throttle
 from radgpt.study.create import Fields, assign_all_readers, create_study
 from radgpt.study.criteria import CRITERIA, NAMES, PREFERENCES, SCALE
@@ -112,8 +112,7 @@ class JsonOnly:
     async def __call__(self, scope, receive, send):
         if (scope["type"] == "http" and scope["method"] in ("POST", "PUT", "PATCH")
                 and scope["path"].startswith("/api/")):
-            ctype = dict(scope.get("headers", [])).get(b"content-type", b"").decode("latin-1")
-            if ctype.split(";")[0].strip().lower() != "application/json":
+            if not declares_json(dict(scope.get("headers", [])).get(b"content-type", b"").decode("latin-1")):
                 resp = JSONResponse({"error": {"code": 415, "message": "send the body as JSON with the header "
                                                "Content-Type: application/json"}}, status_code=415)
                 return await resp(scope, receive, send)
