@@ -24,34 +24,77 @@ from radgpt.reports.records import DEFAULT_PHI_TOKEN, normalize_text
 HEADER_NAMES: dict[str, tuple[str, ...]] = {
     "findings": ("FINDINGS", "FINDING", "FINDINGS FINDINGS", "REPORT", "DESCRIPTION", "BODY"),
     "impression": ("IMPRESSION", "IMPRESSIONS", "CONCLUSION", "CONCLUSIONS", "OPINION", "SUMMARY",
-                   "INTERPRETATION", "DIAGNOSIS"),
+                   "INTERPRETATION", "DIAGNOSIS", "IMPRESSION AND RECOMMENDATION",
+                   "IMPRESSION AND RECOMMENDATIONS", "IMPRESSION/RECOMMENDATION", "IMPRESSION/RECOMMENDATIONS"),
     "findings_impression": ("FINDINGS AND IMPRESSION", "FINDINGS/IMPRESSION", "IMPRESSION AND FINDINGS",
                             "FINDINGS AND IMPRESSIONS", "FINDINGS IMPRESSION", "FINDINGS & IMPRESSION",
                             "IMPRESSION/FINDINGS"),
-    "indication": ("INDICATION", "INDICATIONS", "CLINICAL INDICATION", "CLINICAL HISTORY", "HISTORY",
-                   "REASON FOR EXAM", "REASON FOR EXAMINATION", "REASON FOR STUDY", "CLINICAL INFORMATION",
-                   "CLINICAL DATA", "CLINICAL NOTES", "CLINICAL QUESTION", "HX"),
-    "comparison": ("COMPARISON", "COMPARISONS", "COMPARISON STUDY", "COMPARISON STUDIES", "PRIOR STUDIES",
-                   "PRIOR STUDY", "PRIORS"),
-    "technique": ("TECHNIQUE", "TECHNIQUES", "PROCEDURE"),
-    "examination": ("EXAMINATION", "EXAM", "STUDY", "TYPE OF EXAMINATION", "EXAMINATIONS"),
+    "indication": ("INDICATION", "INDICATIONS", "CLINICAL INDICATION", "CLINICAL INDICATIONS", "CLINICAL HISTORY",
+                   "HISTORY", "REASON FOR EXAM", "REASON FOR EXAMINATION", "REASON FOR STUDY", "REASON FOR REFERRAL",
+                   "REASON", "CLINICAL INFORMATION", "CLINICAL INFO", "CLINICAL DATA", "CLINICAL NOTES",
+                   "CLINICAL QUESTION", "CLINICAL DETAILS", "CLINICAL", "HX", "HISTORY AND INDICATION",
+                   "INDICATION/HISTORY", "HISTORY/INDICATION", "CLINICAL HISTORY/INDICATION"),
+    "comparison": ("COMPARISON", "COMPARISONS", "COMPARISON STUDY", "COMPARISON STUDIES", "COMPARISON EXAM",
+                   "COMPARISON EXAMS", "PRIOR STUDIES", "PRIOR STUDY", "PRIORS", "PRIOR EXAMS", "PRIOR"),
+    "technique": ("TECHNIQUE", "TECHNIQUES", "PROCEDURE", "PROCEDURES", "VIEWS", "PROTOCOL"),
+    "examination": ("EXAMINATION", "EXAM", "STUDY", "TYPE OF EXAMINATION", "EXAMINATIONS", "EXAM TYPE",
+                    "EXAMINATION TYPE", "STUDY TYPE", "PROCEDURE DESCRIPTION", "EXAM DESCRIPTION"),
     "recommendation": ("RECOMMENDATION", "RECOMMENDATIONS", "RECOMMENDATION(S)", "FOLLOW UP", "FOLLOW-UP"),
-    "notification": ("NOTIFICATION", "NOTIFICATIONS", "COMMUNICATION"),
+    "notification": ("NOTIFICATION", "NOTIFICATIONS", "COMMUNICATION", "CRITICAL RESULT", "CRITICAL RESULTS"),
     "wet_read": ("WET READ",),
     "addendum": ("ADDENDUM",),
+    # export metadata written into the text: its own section, so it never runs on into the impression
+    "metadata": ("REFERRING PHYSICIAN", "ORDERING PHYSICIAN", "ORDERING PROVIDER", "REQUESTING PHYSICIAN",
+                 "REFERRING PROVIDER", "EXAM DATE", "DATE OF EXAM", "DATE OF SERVICE", "STUDY DATE", "DATE",
+                 "ACCESSION", "ACCESSION NUMBER", "MRN", "PATIENT", "PATIENT NAME", "DOB", "DATE OF BIRTH",
+                 "LOCATION", "PRIORITY", "MODALITY", "ORDER NUMBER"),
 }
 _LOOKUP = {name: canon for canon, names in HEADER_NAMES.items() for name in names}
-_ALL_NAMES = list(_LOOKUP)
+_ALL_NAMES = [n for n, canon in _LOOKUP.items() if canon != "metadata"]
 
 # Words that mark a header as a view description standing in for FINDINGS.
 _VIEW_WORDS = {"VIEW", "VIEWS", "CHEST", "RADIOGRAPH", "RADIOGRAPHS", "PORTABLE", "AP", "PA", "LATERAL",
                "FRONTAL", "UPRIGHT", "SUPINE", "SEMI-UPRIGHT", "SEMIERECT", "ERECT", "LAT"}
 
+# Sub-headings of a structured findings section ("LUNGS: Clear.  HEART: Normal size."): part of the findings.
+_SUBHEADINGS = {"LUNG", "LUNGS", "HEART", "CARDIAC", "PLEURA", "PLEURAL", "PLEURAL SPACE", "PLEURAL SPACES",
+                "MEDIASTINUM", "CARDIOMEDIASTINAL", "CARDIOMEDIASTINAL SILHOUETTE", "HEART AND MEDIASTINUM",
+                "HILA", "HILUM", "BONES", "BONY STRUCTURES", "OSSEOUS STRUCTURES", "SOFT TISSUES", "SOFT TISSUE",
+                "MUSCULOSKELETAL", "LINES", "TUBES", "LINES AND TUBES", "TUBES AND LINES", "LINES/TUBES",
+                "TUBES/LINES", "SUPPORT DEVICES", "DEVICES", "UPPER ABDOMEN", "ABDOMEN", "AIRWAYS", "AIRWAY",
+                "DIAPHRAGM", "AORTA", "VASCULATURE", "PULMONARY VASCULATURE", "LUNG PARENCHYMA", "PARENCHYMA",
+                "THORACIC SPINE", "SPINE", "HEART SIZE", "TRACHEA", "OTHER"}
+
 # A header: start of line, upper-case words (digits and a little punctuation allowed), a colon not
 # followed by a digit (times like 10:30 are text), then optional inline text.
 _HEADER = re.compile(r"^\s*([A-Z][A-Z0-9 ,/&()'\-\.]{0,70}?)\s*:(?!\d)\s*(.*)$")
+# The forms of hospital exports, in any case: "Findings:", "findings -", "Impression" alone on its line.
+# Only names in HEADER_NAMES count here ("Lungs: clear." and "Heart - normal" are text).
+_HEADER_ANY = re.compile(r"^\s*([A-Za-z][A-Za-z ,/&()'\-]{0,50}?)\s*(:+|\s[-\u2013\u2014]+(?=\s|$)|[-\u2013\u2014]+$|$)"
+                         r"[-\u2013\u2014:\s]*(.*)$")
 _SEPARATOR = re.compile(r"^\s*_{10,}\s*$")
+_RULE = re.compile(r"^\s*[-=*~#_]{3,}\s*$")  # a drawn line that is not MIMIC's addendum separator
 _TITLES = {"FINAL REPORT", "PRELIMINARY REPORT", "ADDENDUM", "REPORT", "FINAL ADDENDUM", "WET READ"}
+_FOOTER = re.compile(r"^[\s*=\-#\[(]*(?:end of (?:report|impression|addendum)|(?:final|preliminary|signed) report"
+                     r"|report (?:end|finali[sz]ed|signed)|page \d+ of \d+|final)[\s*=\-#.\])]*$", re.IGNORECASE)
+
+# Sign-off lines (signature, dictation, transcription, attestation): never findings or impression. A line that
+# starts with one, and everything after it up to the next header, is kept under "signature".
+_SIGNED = (r"(?:electronically |digitally )?(?:e-?signed|signed|verified|approved|authenticated|finali[sz]ed|"
+           r"dictated|transcribed|interpreted|reported|read|reviewed|released|co-?signed)")
+_SIGNOFF = re.compile(
+    rf"^\s*(?:this (?:report|study|exam) (?:was|has been|is) )?{_SIGNED}"
+    rf"(?:\s*(?:and|&|/|,)\s*{_SIGNED})*(?:\s+electronically)?\s*(?:by\b|on\b|at\b|:|-\s|\d|\(|$)"
+    r"|^\s*(?:attending|staff|reading|interpreting|consultant|signing|supervising|reporting)?\s*"
+    r"(?:radiologist|physician|resident|fellow|attending|transcriptionist|dictating physician)s?\s*:"
+    r"|^\s*(?:I|I,[^,]{1,60},)\s+have\s+(?:personally\s+)?(?:reviewed|examined|seen)\b"
+    r"|^\s*(?:workstation|transcription|dictation)(?: date| time| id)?\s*:"
+    r"|^\s*(?:job|document)\s*(?:#|id|number|no\.?)\s*:?\s*\w+\s*$"
+    r"|^\s*D:\s*\d.*\bT:\s*\d",
+    re.IGNORECASE)
+# A sign-off at the end of a text line ("No acute disease. Electronically signed by Dr. X on ...").
+_SIGNOFF_INLINE = re.compile(r"(?<=[.!?])\s+(?=(?:electronically |digitally )?(?:signed|dictated|transcribed|"
+                             r"verified|e-signed)(?: electronically)? by\b)", re.IGNORECASE)
 
 
 @dataclass
@@ -125,16 +168,54 @@ def _split_blocks(lines: list[str]) -> list[list[str]]:
     return [b for b in blocks if any(x.strip() for x in b)]
 
 
+_NOT_BARE = {"REPORT", "BODY", "PRIOR", "PRIORS", "REASON", "CLINICAL", "STUDY", "HX", "DESCRIPTION", "DIAGNOSIS",
+             "VIEWS", "EXAM", "PROCEDURE", "PROCEDURES", "PROTOCOL", "INTERPRETATION"}
+
+
+def _header_key(name: str) -> str:
+    return re.sub(r"\s+", " ", name.strip().upper().rstrip("."))
+
+
+def _any_case_header(line: str) -> tuple[str, str, str] | None:
+    """(canonical, raw header, inline text) for a known header in any case and form, else None."""
+    m = _HEADER_ANY.match(line)
+    if not m or not m.group(1).strip():
+        return None
+    raw, sep, inline = m.group(1).strip(), m.group(2), m.group(3)
+    canon = _LOOKUP.get(_header_key(raw))
+    if canon is None:
+        return None
+    if not sep.strip() and (inline.strip() or canon == "metadata" or _header_key(raw) in _NOT_BARE):
+        return None  # a bare line is a header only when it is the whole line and an unambiguous name
+    return canon, raw, inline
+
+
 def _segment(lines: list[str]) -> tuple[list[str], list[tuple[str, str, list[str]]]]:
-    """Cut lines at headers. Returns (lines before the first header, [(canonical, raw header, lines)])."""
+    """Cut lines at headers. Returns (lines before the first header, [(canonical, raw header, lines)]).
+
+    Upper-case `NAME:` lines are headers as in MIMIC-CXR (fuzzy-matched, unknown names kept under their own
+    name); in any case, only known names count (`Findings:`, `impression -`, `Conclusion` alone on its line).
+    Sign-off lines start a "signature" section that runs to the next header; rules and footers are dropped."""
     preamble: list[str] = []
     segments: list[tuple[str, str, list[str]]] = []
+
+    def add(line: str) -> None:
+        (segments[-1][2] if segments else preamble).append(line)
+
     for line in lines:
         stripped = line.strip()
         if stripped.upper() in _TITLES and stripped == stripped.upper():
             continue  # centred titles carry no content
+        if stripped and (_RULE.match(line) or _FOOTER.match(stripped)):
+            continue
+        if stripped and _SIGNOFF.match(line):
+            segments.append(("signature", "", [line]))
+            continue
+        inline_sign = _SIGNOFF_INLINE.search(line) if stripped else None
+        if inline_sign:
+            line, signoff = line[:inline_sign.start()], line[inline_sign.end():]
         m = _HEADER.match(line)
-        if m and _is_header_candidate(m.group(1)):
+        if m and _is_header_candidate(m.group(1)) and _header_key(m.group(1)) not in _SUBHEADINGS:
             raw = m.group(1).strip()
             canon = canonical_header(raw)
             if canon is None and len(raw.split()) <= 4 and not m.group(2).strip().startswith(("(", ",")):
@@ -149,9 +230,41 @@ def _segment(lines: list[str]) -> tuple[list[str], list[tuple[str, str, list[str
                 continue
             if canon is not None:
                 segments.append((canon, raw, [m.group(2)] if m.group(2).strip() else []))
+                if inline_sign:
+                    segments.append(("signature", "", [signoff]))
                 continue
-        (segments[-1][2] if segments else preamble).append(line)
+        found = _any_case_header(line) if stripped else None
+        if found:
+            canon, raw, inline = found
+            segments.append((canon, raw, [inline] if inline.strip() else []))
+        else:
+            add(line)
+        if inline_sign:
+            segments.append(("signature", "", [signoff]))
     return preamble, segments
+
+
+_INLINE_SECTIONS = ("findings", "impression", "findings_impression", "indication", "comparison", "technique",
+                    "examination", "recommendation")
+# A known header after a sentence end inside a line: exports that flatten a report onto one line
+# ("INDICATION: Cough. FINDINGS: Clear. IMPRESSION: Normal.").
+_INLINE_HEADER = re.compile(
+    r"(?<=[.!?;])[ \t]+(?=(?:" + "|".join(
+        re.escape(n).replace(r"\ ", r"\s+") for n in sorted(_LOOKUP, key=len, reverse=True)
+        if _LOOKUP[n] in _INLINE_SECTIONS and n not in _NOT_BARE) + r")[ \t]*:)", re.IGNORECASE)
+
+
+def _split_inline_headers(line: str) -> list[str]:
+    return _INLINE_HEADER.split(line) if ":" in line else [line]
+
+
+_SHORT_SECTIONS = ("indication", "comparison", "technique", "examination")
+
+
+def _is_title(paragraph: str) -> bool:
+    """An exam title line before the first header ("CHEST 2 VIEWS PA AND LATERAL", "XR CHEST 1V"): no
+    lower-case letters and no sentence end."""
+    return not any(c.islower() for c in paragraph) and not paragraph.rstrip().endswith(".")
 
 
 def _is_addendum(block: list[str]) -> bool:
@@ -182,6 +295,7 @@ def parse_report(text: str, phi_token: str = DEFAULT_PHI_TOKEN) -> ParsedReport:
         else:
             lines = [x for b in blocks for x in b + [""]]
 
+    lines = [part for line in lines for part in _split_inline_headers(line)]
     preamble, segments = _segment(lines)
     collected: dict[str, list[str]] = {}
     for canon, raw, seg_lines in segments:
@@ -208,6 +322,25 @@ def parse_report(text: str, phi_token: str = DEFAULT_PHI_TOKEN) -> ParsedReport:
             out.notes.append("combined findings/impression: last paragraph taken as impression")
         else:
             out.notes.append("combined findings/impression in one paragraph: no separate impression")
+
+    # Findings written without a header, before the impression (common in hospital exports): the text
+    # before the first header (exam-title lines dropped), or the paragraphs after the first of a short
+    # section (HISTORY, COMPARISON, ...) that runs straight into the impression.
+    if out.sections.get("impression") and not out.sections.get("findings"):
+        lead = list(preamble)
+        while lead and (not lead[0].strip() or _is_title(lead[0].strip())):
+            lead.pop(0)
+        first_imp = next(i for i, seg in enumerate(segments) if seg[0] == "impression")
+        before = segments[first_imp - 1] if first_imp > 0 else None
+        if _paragraphs(lead):
+            out.sections["findings"] = normalize_text(" ".join(_paragraphs(lead)), phi_token)
+            out.notes.append("text before the first header taken as findings")
+            preamble = preamble[:len(preamble) - len(lead)]
+        elif before and before[0] in _SHORT_SECTIONS and len(_paragraphs(before[2])) >= 2:
+            paras = _paragraphs(before[2])
+            out.sections[before[0]] = normalize_text(paras[0], phi_token)
+            out.sections["findings"] = normalize_text(" ".join(paras[1:]), phi_token)
+            out.notes.append(f"paragraphs after the {before[0]} taken as findings")
 
     pre_paras = _paragraphs(preamble)
     has_fi = any(k in out.sections for k in ("findings", "impression", "findings_impression"))
