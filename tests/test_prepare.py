@@ -56,8 +56,10 @@ def test_clin_summ_jsonl_duplicates_and_leakage(tmp_path, shared_openi):
     rows += [dict(rows[0], idx=10_000 + i) for i in range(3)]  # exact duplicates of one pair
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
-    assert _run(src, "--out", out) == 0
+    assert _run(src, "--out", out) == 2  # no patient column: stops rather than split by report silently
+    assert _run(src, "--out", out, "split.by=report") == 0  # OpenI has one report per patient
     s = json.loads((out / "summary.json").read_text())
+    assert s["split_by"] == "report"
     # one of the four copies survives in each split it lands in; the rest are removed or flagged
     dups = sum(d["duplicates_removed"] for d in s["splits"].values())
     leaked = sum(d["pairs_also_in_train"] for d in s["splits"].values())

@@ -74,7 +74,8 @@ def test_iu_csv_and_missing_columns(tmp_path):
     bad.write_text("uid,notes\n1,hello\n")
     recs, probs = _read(bad)
     assert not recs and len(probs) == 1
-    assert "missing column(s) for findings, impression" in probs[0].reason
+    assert probs[0].reason.startswith("no report column found; columns are ['uid', 'notes']")
+    assert "columns.text=NAME" in probs[0].reason
 
 
 def test_table_jsonl_clin_summ_and_bad_lines(tmp_path):
@@ -99,7 +100,7 @@ def test_table_mediqa_columns_and_explicit_mapping(tmp_path):
     opts = ReadOptions(columns=ColumnMap(id="ACC", findings="FIND_TXT", impression="IMP_TXT"))
     recs, probs = _read(g, "table", opts)
     assert recs[0].findings == "Clear lungs." and recs[0].id == "A1"
-    assert probs[0].reason == "row 3 has 2 fields, header has 3" and probs[0].origin.endswith(":3")
+    assert probs[0].reason == "line 3: row has 2 fields, header has 3" and probs[0].origin.endswith(":3")
     opts = ReadOptions(columns=ColumnMap(findings="NOPE"))
     _, probs = _read(g, "table", opts)
     assert "column 'NOPE' (columns.findings) not found" in probs[0].reason
@@ -112,11 +113,17 @@ def test_table_free_text_column_is_parsed(tmp_path):
     assert (recs[0].findings, recs[0].impression) == ("Lungs clear.", "Normal.")
 
 
-def test_non_utf8_table_is_reported(tmp_path):
+def test_non_utf8_rows_are_read_as_cp1252_and_noted(tmp_path):
     f = tmp_path / "latin.jsonl"
-    f.write_bytes('{"findings": "caf\xe9", "impression": "x"}\n'.encode("latin-1"))
+    f.write_bytes('{"findings": "caf\xe9", "impression": "x"}\n'.encode("latin-1") + b'{"findings": "ok", "impression": "y"}\n'
+                  + b'{"findings": "bad \x81", "impression": "z"}\n')
     recs, probs = _read(f)
-    assert not recs and "not UTF-8" in probs[0].reason
+    assert [r.findings for r in recs] == ["caf\xe9", "ok"]
+    assert recs[0].notes == ["line 1: not UTF-8 (byte 0xe9): read as cp1252"] and recs[1].notes == []
+    assert probs[0].origin.endswith(":3") and probs[0].reason.startswith("line 3: byte 0x81 is not utf-8 or cp1252")
+    opts = ReadOptions(encoding="utf-8")  # one encoding named: no fallback, each row that does not fit is reported
+    recs, probs = _read(f, "table", opts)
+    assert [r.findings for r in recs] == ["ok"] and [p.origin[-2:] for p in probs] == [":1", ":3"]
 
 
 def test_detection_errors(tmp_path):

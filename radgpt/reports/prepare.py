@@ -3,13 +3,18 @@
     radgpt prepare data/openi/indiana_reports.csv --out out/openi
     radgpt prepare mimic-cxr-reports.zip --out out/mimic split.file=mimic-cxr-2.0.0-split.csv
     radgpt prepare exports/reports.jsonl --out out/inhouse columns.findings=FINDINGS_TXT columns.impression=IMPR
+    radgpt prepare exports/ris_export.csv --out out/ris        # AccessionNumber, PatientMRN, ReportText: detected
+    radgpt prepare exports/new_reports.csv --out out/new --for-inference   # findings only, for `radgpt impress`
 
 Writes into the output folder:
     records/{train,validate,test}.jsonl   normalised records (id, patient_id, study_id, source, sections, ...)
     alpaca/{split}.jsonl                  {id, task, instruction, input, output}
     chat/{split}.jsonl                    {id, task, messages: [user, assistant]}
     skipped.jsonl                         everything not used, with file/line and reason, and its data
-    summary.json, config.yaml             counts and the resolved config
+    summary.json, config.yaml             counts, the column mapping used, and the resolved config
+With --for-inference, instead of the splits: for_inference.jsonl {id, patient_id, findings, indication, ...}.
+With pseudonymize=true, ids are keyed hashes and id_map.csv (keep it private) links them to the real ids.
+An output folder that already holds prepared data is only replaced with --force.
 
 Memory stays flat in corpus size: records are written as they are read; the only state that grows is
 one 8-byte hash per (findings, impression) pair, for de-duplication and leakage flags.
@@ -18,10 +23,14 @@ one 8-byte hash per (findings, impression) pair, for de-duplication and leakage 
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
+import hmac
 import json
 import re
 import resource
+import secrets
+import shutil
 import statistics
 import sys
 import time
@@ -37,7 +46,8 @@ from rich.table import Table
 from radgpt.config import load_config, to_dict, write_resolved
 from radgpt.errors import FatalError
 from radgpt.reports.records import DEFAULT_PHI_TOKEN, Problem, Record
-from radgpt.reports.sources import SOURCES, ColumnMap, ReadOptions, detect_source, read_source
+from radgpt.reports.sources import (COLUMN_HELP, SOURCES, ColumnMap, ReadOptions, detect_source, read_source,
+                                    resolve_columns, table_header)
 from radgpt.reports.splits import SPLITS, hash_split, load_split_file
 from radgpt.reports.tasks import TASKS, alpaca_example, chat_example
 
@@ -50,6 +60,8 @@ class SplitConfig:
     seed: int = 42  # same seed + same patient ids = same split, on any machine
     file: str = ""  # CSV with `split` + study_id/id/subject_id (e.g. MIMIC's official split); overrides the hash
     drop_leaked: bool = False  # validate/test pairs also found in train are flagged; set true to drop them
+    by: str = "patient"  # patient: a patient's reports stay in one split; report: each report on its own (leaks
+    #                     when patients have several reports; prepare stops rather than do it silently)
 
 
 @dataclass
@@ -68,6 +80,9 @@ class PrepareConfig:
     source: str = "auto"  # auto | mimic | openi-xml | iu-csv | table | text
     phi_token: str = DEFAULT_PHI_TOKEN  # every PHI placeholder (___, XXXX, ____) becomes this
     columns: ColumnMap = field(default_factory=ColumnMap)
+    encoding: str = "auto"  # auto: UTF-8, rows that are not read as cp1252 (each noted); or one codec, e.g. cp1252
+    for_inference: bool = False  # findings only, no split: for_inference.jsonl for `radgpt impress`
+    pseudonymize: bool = False  # ids and patient ids → keyed hashes; id_map.csv links them back (keep it private)
     split: SplitConfig = field(default_factory=SplitConfig)
     filters: FilterConfig = field(default_factory=FilterConfig)
     tasks: list[str] = field(default_factory=lambda: ["findings_impression"])
@@ -116,19 +131,96 @@ def _check_config(cfg: PrepareConfig) -> None:
     for fmt in cfg.formats:
         if fmt not in ("alpaca", "chat"):
             raise FatalError(f"unknown format '{fmt}' (choose from alpaca, chat)")
+    if cfg.split.by not in ("patient", "report"):
+        raise FatalError(f"split.by must be patient or report, got {cfg.split.by!r}")
     fr = (cfg.split.train, cfg.split.validate, cfg.split.test)
     if min(fr) < 0 or abs(sum(fr) - 1) > 1e-6:
         raise FatalError(f"split fractions must be ≥ 0 and sum to 1, got {fr}")
 
 
-def _prepare_out(out: Path) -> None:
+# What prepare writes into its folder: only these are replaced by --force, nothing else the folder holds.
+OUTPUTS = ("records", "alpaca", "chat", "skipped.jsonl", "summary.json", "config.yaml", "for_inference.jsonl",
+           "id_map.csv")
+
+
+def _prepare_out(out: Path, force: bool) -> None:
+    existing = [name for name in OUTPUTS if (out / name).exists()]
+    if existing and not force:
+        raise FatalError(f"{out} already holds prepared data ({', '.join(existing)}); pass --force to replace it, "
+                         "or choose another --out")
     try:
+        for name in existing:
+            shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
         probe.write_text("")
         probe.unlink()
     except OSError as e:
         raise FatalError(f"{out}: output folder is not writable ({e.strerror or e})") from None
+
+
+def _plan_inputs(cfg: PrepareConfig, inputs: list[Path], opts: ReadOptions, console: Console) -> list[dict]:
+    """Source type and column mapping of every input, checked before anything is written: a table whose
+    report column cannot be found, or whose patients cannot be told apart, stops the run here."""
+    plans = []
+    for path in inputs:
+        if not path.exists():
+            plans.append({"path": str(path), "source": None, "columns": None})
+            continue
+        source = detect_source(path) if cfg.source == "auto" else cfg.source
+        columns, header = None, None
+        if source == "table":
+            header = table_header(path, opts.encoding)
+            if isinstance(header, Problem):  # empty or unreadable: the reader reports it, the other inputs go on
+                plans.append({"path": str(path), "source": source, "columns": None, "patient_level": True})
+                continue
+            columns = resolve_columns(header, cfg.columns, str(path))
+            if isinstance(columns, Problem):
+                raise FatalError(f"{columns.origin}: {columns.reason}")
+            given = {k for k in COLUMN_HELP if getattr(cfg.columns, k)}
+            shown = ", ".join(f"{k}={v}" + ("" if k in given else " (detected)") for k, v in columns.items())
+            console.print(f"{path}: columns {shown}", highlight=False, markup=False)
+        patient_level = source in ("mimic", "openi-xml", "iu-csv") or (columns is not None and "patient_id" in columns)
+        if not patient_level and not cfg.for_inference and not cfg.split.file and cfg.split.by == "patient":
+            where = f"no patient column among {header}" if source == "table" else "free-text files name no patient"
+            raise FatalError(f"{path}: {where}, so the split would not be by patient (one patient's reports could "
+                             "land in train and test): map it with columns.patient_id=NAME, or accept a split by "
+                             "report with split.by=report")
+        plans.append({"path": str(path), "source": source, "columns": columns, "patient_level": patient_level})
+    return plans
+
+
+class _Pseudonyms:
+    """Keyed hashes for ids (HMAC-SHA256, a fresh random key per run, never written): the same id gets the
+    same pseudonym within a run; id_map.csv, the only link back, is written for the user to keep private."""
+
+    def __init__(self, path: Path):
+        self.key = secrets.token_bytes(32)
+        self.seen: dict[tuple[str, str], str] = {}
+        self.f = open(path, "w", newline="", encoding="utf-8")
+        self.w = csv.writer(self.f)
+        self.w.writerow(["kind", "original", "pseudonym"])
+
+    def __call__(self, kind: str, value: str) -> str:
+        if not value:
+            return value
+        key = (kind, value)
+        if key not in self.seen:
+            digest = hmac.new(self.key, f"{kind}\x00{value}".encode(), hashlib.sha256).hexdigest()[:16]
+            self.seen[key] = f"{kind[0]}-{digest}"
+            self.w.writerow([kind, value, self.seen[key]])
+        return self.seen[key]
+
+    def record(self, row: dict) -> dict:
+        row["id"] = self("report", row["id"])
+        row["study_id"] = self("report", row["study_id"])
+        row["patient_id"] = self("patient", row["patient_id"])
+        for name in ("preamble", "metadata", "signature"):  # free text around the report: names, numbers
+            row["sections"].pop(name, None)
+        return row
+
+    def close(self) -> None:
+        self.f.close()
 
 
 def _length_stats(values: array) -> dict:
@@ -139,28 +231,33 @@ def _length_stats(values: array) -> dict:
             "p95": s[min(len(s) - 1, int(0.95 * len(s)))], "max": s[-1]}
 
 
-def prepare(cfg: PrepareConfig, console: Console | None = None) -> dict:
-    """Run prepare with a resolved config; returns the summary dict (also written to summary.json)."""
+def prepare(cfg: PrepareConfig, console: Console | None = None, force: bool = False) -> dict:
+    """Run prepare with a resolved config; returns the summary dict (also written to summary.json).
+    force: replace what an earlier prepare wrote into the output folder."""
     console = console or Console(stderr=True)
     _check_config(cfg)
     out = Path(cfg.out)
     inputs = [Path(p) for p in cfg.inputs]
     if not any(p.exists() for p in inputs):
         raise FatalError(f"no input found: {', '.join(map(str, inputs))} do(es) not exist")
-    _prepare_out(out)
+    opts = ReadOptions(phi_token=cfg.phi_token, columns=cfg.columns, encoding=cfg.encoding)
+    plans = _plan_inputs(cfg, inputs, opts, console)
+    _prepare_out(out, force)
     write_resolved(cfg, out)
 
     split_map, split_key = ({}, "")
     if cfg.split.file:
         split_map, split_key = load_split_file(Path(cfg.split.file))
     fractions = (cfg.split.train, cfg.split.validate, cfg.split.test)
-    opts = ReadOptions(phi_token=cfg.phi_token, columns=cfg.columns)
     instructions = {t: (cfg.instruction if (cfg.instruction and t == "findings_impression") else TASKS[t][0])
                     for t in cfg.tasks}
 
     t0 = time.perf_counter()
     writers = _Writers(out)
     skipped_f = open(out / "skipped.jsonl", "w", encoding="utf-8")
+    inference_f = open(out / "for_inference.jsonl", "w", encoding="utf-8") if cfg.for_inference else None
+    pseudonym = _Pseudonyms(out / "id_map.csv") if cfg.pseudonymize else None
+    notes_shown: Counter = Counter()
     counts: Counter = Counter()
     skip_reasons: Counter = Counter()
     per_input: list[dict] = []
@@ -184,13 +281,13 @@ def prepare(cfg: PrepareConfig, console: Console | None = None) -> dict:
                         TimeElapsedColumn(), console=console, transient=True)
     flt = cfg.filters
     with progress:
-        for path in inputs:
+        for path, plan in zip(inputs, plans):
             if not path.exists():
                 skip(str(path), "no such file or folder", None)
                 counts["inputs_missing"] += 1
                 per_input.append({"path": str(path), "source": None, "items": 0})
                 continue
-            source = detect_source(path) if cfg.source == "auto" else cfg.source
+            source = plan["source"]
             task_id = progress.add_task(f"{path.name} ({source})", total=None)
             n_items = 0
             for item in read_source(path, source, opts):
@@ -204,10 +301,19 @@ def prepare(cfg: PrepareConfig, console: Console | None = None) -> dict:
                     continue
                 rec: Record = item
                 counts["parsed"] += 1
+                for note in rec.notes:
+                    if "read as cp1252" in note:
+                        counts["read_as_cp1252"] += 1
+                        notes_shown["cp1252"] += 1
+                        if notes_shown["cp1252"] <= cfg.show_problems:
+                            console.print(f"note {rec.origin}: {note}", highlight=False, markup=False, style="yellow")
                 fw, iw = len(rec.findings.split()), len(rec.impression.split())
                 reason = None
                 if not rec.findings:
                     reason = "no findings section"
+                elif cfg.for_inference:
+                    if flt.max_findings_words and fw > flt.max_findings_words:
+                        reason = f"findings length {fw} words over {flt.max_findings_words}"
                 elif not rec.impression:
                     reason = "no impression section"
                 elif fw < flt.min_findings_words or (flt.max_findings_words and fw > flt.max_findings_words):
@@ -217,8 +323,18 @@ def prepare(cfg: PrepareConfig, console: Console | None = None) -> dict:
                 if reason:
                     skip(rec.origin, reason, rec.to_dict())
                     continue
+                row = rec.to_dict()
+                if pseudonym:
+                    row = pseudonym.record(row)
+                if inference_f is not None:
+                    keep = ("id", "patient_id", "findings", "indication", "comparison", "impression", "origin")
+                    inference_f.write(json.dumps({k: row[k] for k in keep}, ensure_ascii=False) + "\n")
+                    counts["for_inference"] += 1
+                    continue
 
-                patient = rec.patient_id or rec.study_id or rec.id
+                if not rec.patient_id:
+                    counts["no_patient_id"] += 1
+                patient = rec.id if cfg.split.by == "report" else (rec.patient_id or rec.study_id or rec.id)
                 if split_map:
                     key = rec.study_id if split_key in ("study_id", "id") else rec.patient_id
                     split = split_map.get(key) or split_map.get(rec.id)
@@ -238,13 +354,12 @@ def prepare(cfg: PrepareConfig, console: Console | None = None) -> dict:
                     continue
                 seen[split].add(h)
                 if split != "train":
-                    held_out_pairs.append((split, rec.id, h))
+                    held_out_pairs.append((split, row["id"], h))
 
                 counts[f"records_{split}"] += 1
                 patients[split].add(patient)
                 lengths[split][0].append(fw)
                 lengths[split][1].append(iw)
-                row = rec.to_dict()
                 row["split"] = split
                 writers.write("records", split, row)
                 for task in cfg.tasks:
@@ -254,11 +369,15 @@ def prepare(cfg: PrepareConfig, console: Console | None = None) -> dict:
                     examples[(task, split)] += 1
                     for fmt in cfg.formats:
                         build = alpaca_example if fmt == "alpaca" else chat_example
-                        writers.write(fmt, split, build(task, instructions[task], pair[0], pair[1], rec.id))
+                        writers.write(fmt, split, build(task, instructions[task], pair[0], pair[1], row["id"]))
             progress.update(task_id, completed=n_items, total=n_items)
-            per_input.append({"path": str(path), "source": source, "items": n_items})
+            per_input.append({"path": str(path), "source": source, "items": n_items, "columns": plan["columns"]})
     writers.close()
     skipped_f.close()
+    if inference_f is not None:
+        inference_f.close()
+    if pseudonym:
+        pseudonym.close()
 
     # Flag (or drop) validate/test pairs that also occur in train: a model would have seen them.
     leaked = {(s, rid) for s, rid, h in held_out_pairs if h in seen["train"]}
@@ -267,16 +386,23 @@ def prepare(cfg: PrepareConfig, console: Console | None = None) -> dict:
     for s, _ in leaked:
         counts[f"leaked_{s}"] += 1
 
+    written = {s: counts[f"records_{s}"] - (counts[f"leaked_{s}"] if cfg.split.drop_leaked else 0) for s in SPLITS}
     summary = {
         "inputs": per_input,
         "items_read": counts["items_read"],
         "unreadable": counts["unreadable"],
         "parsed": counts["parsed"],
+        "read_as_cp1252": counts["read_as_cp1252"],
         "skipped_by_reason": dict(skip_reasons.most_common()),
         "skipped_total": sum(skip_reasons.values()),
+        "written": counts["for_inference"] if cfg.for_inference else sum(written.values()),
+        "for_inference": cfg.for_inference,
+        "split_by": ("split file" if cfg.split.file else "patient" if cfg.split.by == "patient" else "report"),
+        "reports_without_patient_id": counts["no_patient_id"],
+        "pseudonymized": cfg.pseudonymize,
         "splits": {
             s: {
-                "records": counts[f"records_{s}"] - (counts[f"leaked_{s}"] if cfg.split.drop_leaked else 0),
+                "records": written[s],
                 "patients": len(patients[s]),
                 "duplicates_removed": counts[f"duplicates_{s}"],
                 "pairs_also_in_train": counts[f"leaked_{s}"] if s != "train" else 0,
@@ -324,14 +450,27 @@ def print_summary(summary: dict, console: Console) -> None:
     t.add_column("count", justify="right")
     for inp in summary["inputs"]:
         t.add_row(f"input {inp['path']} ({inp['source'] or 'missing'})", f"{inp['items']:,}")
-    t.add_row("reports read", f"{summary['items_read']:,}")
-    t.add_row("unreadable (file/line errors)", f"{summary['unreadable']:,}")
-    t.add_row("parsed into records", f"{summary['parsed']:,}")
+        if inp.get("columns"):
+            t.add_row("  columns", ", ".join(f"{k}={v}" for k, v in inp["columns"].items()))
+    t.add_row("rows/files read", f"{summary['items_read']:,}")
+    t.add_row("  not read (empty, undecodable or malformed)", f"{summary['unreadable']:,}")
+    t.add_row("  parsed into sections", f"{summary['parsed']:,}")
+    if summary["read_as_cp1252"]:
+        t.add_row("    of which read as cp1252 (not UTF-8; noted per record)", f"{summary['read_as_cp1252']:,}")
     for reason, n in summary["skipped_by_reason"].items():
         t.add_row(f"  skipped: {reason}", f"{n:,}")
+    where = "for_inference.jsonl" if summary["for_inference"] else "records/ (all splits)"
+    t.add_row(f"written to {where}", f"{summary['written']:,}")
     console.print(t)
+    if summary["for_inference"]:
+        console.print(f"done in {summary['seconds']} s → {Path(summary['config']['out']) / 'for_inference.jsonl'} "
+                      "(radgpt impress FILE --out impressions.jsonl)", highlight=False)
+        return
 
-    s = Table(title="splits (patient-level)", title_justify="left")
+    title = {"patient": "splits (by patient: a patient's reports stay in one split)",
+             "report": "splits (by report: split.by=report — a patient's reports can be in two splits)",
+             "split file": "splits (from the split file)"}[summary["split_by"]]
+    s = Table(title=title, title_justify="left")
     for col in ("split", "records", "patients", "dups removed", "also in train",
                 "findings words med/p95/max", "impression words med/p95/max"):
         s.add_column(col, justify="right")
@@ -341,17 +480,41 @@ def print_summary(summary: dict, console: Console) -> None:
                   f"{d['pairs_also_in_train']:,}" if name != "train" else "—",
                   f"{fw['median']:g}/{fw['p95']}/{fw['max']}", f"{iw['median']:g}/{iw['p95']}/{iw['max']}")
     console.print(s)
+    if summary["split_by"] == "patient" and summary["reports_without_patient_id"]:
+        console.print(f"[yellow]warning: {summary['reports_without_patient_id']:,} report(s) have an empty patient id "
+                      "and were split by their report id[/]")
+    if summary["pseudonymized"]:
+        console.print("[yellow]ids are pseudonyms; id_map.csv links them to the real ids: keep it private, do not "
+                      "share it with the data[/]")
     if summary["patients_in_two_splits_in_split_file"]:
         console.print(f"[yellow]warning: the split file puts {summary['patients_in_two_splits_in_split_file']} "
                       "patient(s) in more than one split[/]")
     console.print(f"done in {summary['seconds']} s → {summary['config']['out']}", highlight=False)
 
 
+def _help_epilog() -> str:
+    cols = "\n".join(f"  columns.{k:<11} {v}" for k, v in COLUMN_HELP.items())
+    return f"""config keys (key=value after the inputs, or in --config YAML):
+{cols}
+  encoding            auto (UTF-8; rows that are not are read as cp1252 and noted) or one codec, e.g. cp1252
+  split.by            patient (default) or report; a table with no patient column stops unless split.by=report
+  split.seed, split.train/validate/test, split.file, split.drop_leaked
+  filters.min_findings_words, filters.max_findings_words, filters.min_impression_words, ...
+  tasks, formats, instruction, phi_token, pseudonymize (ids → keyed hashes; id_map.csv links them back)
+Columns not given are detected by name, ignoring case, spaces and _ (ReportText, Report Text, report_text)."""
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = _help_epilog()
     p.add_argument("inputs", nargs="*", metavar="PATH|key=value",
-                   help="report files or folders (MIMIC tree/zip, OpenI XML/tgz, CSV, JSONL, .txt); "
-                        "items of the form key=value are config overrides, e.g. split.seed=7")
+                   help="report files or folders (MIMIC tree/zip, OpenI XML/tgz, CSV/TSV, JSONL, .txt); "
+                        "items of the form key=value are config overrides, e.g. split.seed=7 columns.text=ReportText")
     p.add_argument("--out", help="output folder (default out/prepared)")
+    p.add_argument("--force", action="store_true", help="replace what an earlier prepare wrote into --out")
+    p.add_argument("--for-inference", action="store_true",
+                   help="findings only (impression not needed), no split: writes for_inference.jsonl for "
+                        "`radgpt impress`, ids kept")
     p.add_argument("--source", help=f"source type: auto (default), {', '.join(SOURCES)}")
     p.add_argument("--split-file", help="CSV assigning ids to train/validate/test (e.g. MIMIC's official split)")
     p.add_argument("--config", help="YAML config (PrepareConfig); key=value overrides follow")
@@ -373,10 +536,12 @@ def run(args: argparse.Namespace) -> int:
         cfg.source = args.source
     if args.split_file:
         cfg.split.file = args.split_file
+    if args.for_inference:
+        cfg.for_inference = True
     console = Console(stderr=True, quiet=args.quiet)
-    summary = prepare(cfg, console)
+    summary = prepare(cfg, console, force=args.force)
     print_summary(summary, Console(quiet=args.quiet, width=max(120, Console().width)))
-    if not any(d["records"] for d in summary["splits"].values()):
+    if not summary["written"]:
         print(f"radgpt prepare: error: no usable reports in {', '.join(cfg.inputs)} "
               f"(see {Path(cfg.out) / 'skipped.jsonl'})", file=sys.stderr)
         return 1

@@ -12,8 +12,10 @@ anything it cannot read (named file, line/row and reason) — a reader never rai
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
+import itertools
 import json
 import os
 import re
@@ -33,15 +35,36 @@ from radgpt.reports.sections import canonical_header, parse_report
 SOURCES = ("mimic", "openi-xml", "iu-csv", "table", "text")
 IU_CSV_COLUMNS = {"uid", "findings", "impression"}
 
-# Column names tried, in order, when a table's mapping is not given.
+# Column names tried, in order, when a table's mapping is not given; compared with case, spaces, `_`
+# and `#` removed, so `ReportText`, `Report Text` and `report_text` are one name.
 COLUMN_CANDIDATES: dict[str, tuple[str, ...]] = {
-    "id": ("id", "study_id", "idx", "uid", "report_id", "accession"),
-    "patient_id": ("patient_id", "subject_id", "patient", "mrn"),
-    "findings": ("findings", "inputs", "input", "finding"),
-    "impression": ("impression", "target", "output", "impressions", "summary"),
-    "indication": ("indication", "background", "history", "clinical_history"),
+    "id": ("id", "accessionnumber", "accession", "accessionno", "accnumber", "accno", "acc", "studyid", "examid",
+           "reportid", "uid", "idx", "orderid", "ordernumber", "examnumber", "studyuid"),
+    "patient_id": ("patientid", "mrn", "patientmrn", "medicalrecordnumber", "subjectid", "patient", "patientnumber",
+                   "patid", "pid", "hospitalnumber", "personid", "unitnumber", "nhsnumber", "patientidentifier"),
+    "findings": ("findings", "inputs", "input", "finding", "findingstext", "reportfindings"),
+    "impression": ("impression", "target", "output", "impressions", "summary", "conclusion", "impressiontext",
+                   "reportimpression"),
+    "indication": ("indication", "background", "history", "clinicalhistory", "clinicalindication", "reasonforexam"),
     "comparison": ("comparison",),
-    "text": ("report", "text", "report_text"),
+    "text": ("report", "text", "reporttext", "narrative", "reportnarrative", "fullreport", "reportbody", "finalreport",
+             "reportcontent", "result", "resulttext", "results", "body", "notetext", "note", "content"),
+}
+# Second try, by part of the name ("Patient MRN (hospital)", "Accession No."), for the three an export must have.
+COLUMN_CONTAINS = {
+    "id": lambda n: "accession" in n,
+    "patient_id": lambda n: "mrn" in n or n.endswith(("patientid", "patientnumber")),
+    "text": lambda n: "report" in n and ("text" in n or "narrative" in n or "body" in n),
+}
+# What each columns.* key means, for --help and the README.
+COLUMN_HELP = {
+    "text": "the whole free-text report in one cell, split into sections (e.g. ReportText, Report, Narrative)",
+    "findings": "the findings section, when the export has sections in their own columns",
+    "impression": "the impression section (its own column)",
+    "indication": "the indication / clinical history (its own column)",
+    "comparison": "the comparison (its own column)",
+    "id": "the report's id, kept in every output (e.g. AccessionNumber, StudyID)",
+    "patient_id": "the patient (e.g. PatientMRN, MRN, PatientID): splits keep each patient's reports together",
 }
 
 
@@ -62,6 +85,7 @@ class ColumnMap:
 class ReadOptions:
     phi_token: str = DEFAULT_PHI_TOKEN
     columns: ColumnMap = field(default_factory=ColumnMap)
+    encoding: str = "auto"  # auto = UTF-8 (BOM-named UTF-16), rows that are not UTF-8 read as cp1252 and noted
 
 
 # ------------------------------------------------------------------ detection
@@ -214,7 +238,7 @@ def read_text(path: Path, opts: ReadOptions) -> Iterator[Record | Problem]:
         if isinstance(text, Problem):
             yield text
             continue
-        yield _record_from_text(text, f.stem, "text", str(f), opts, patient_id=f.stem, study_id=f.stem)
+        yield _record_from_text(text, f.stem, "text", str(f), opts, study_id=f.stem)
 
 
 # ------------------------------------------------------------------ OpenI XML
@@ -279,88 +303,232 @@ def read_openi_xml(path: Path, opts: ReadOptions) -> Iterator[Record | Problem]:
         yield _openi_record(data, str(f), opts)
 
 
-# ------------------------------------------------------------------ tables (CSV / JSONL / JSON)
+# ------------------------------------------------------------------ tables (CSV / TSV / JSONL / JSON)
 
-def _open_text(path: Path) -> io.TextIOBase | Problem:
+def _cp1252_fallback(err: UnicodeDecodeError) -> tuple[str, int]:
+    # Windows exports mix UTF-8 with cp1252 bytes (a non-breaking space, curly quotes): the bytes that are
+    # not UTF-8 are read as cp1252; a byte cp1252 does not define either raises, and the row is reported.
+    bad = err.object[err.start:err.end]
+    return bytes(bad).decode("cp1252"), err.end
+
+
+codecs.register_error("radgpt_cp1252", _cp1252_fallback)
+_UNDECODED = re.compile("[\udc80-\udcff]")
+
+
+def _decode_cells(cells: list[str], encoding: str) -> tuple[list[str] | None, str]:
+    """Cells read with surrogateescape: ([decoded cells], note) — note says cp1252 was used — or
+    (None, reason) when the bytes do not fit. `encoding` "auto" is UTF-8 with the cp1252 fallback."""
+    if not any(_UNDECODED.search(c) for c in cells):
+        return cells, ""
+    codec = "utf-8" if encoding == "auto" else encoding
+    raw = [c.encode(codec, "surrogateescape") for c in cells]
+    first = next(b for c, b in zip(cells, raw) if _UNDECODED.search(c))
+    byte = next((x for x in first if x >= 0x80), 0)
+    if encoding == "auto":
+        try:
+            return [b.decode("utf-8", "radgpt_cp1252") for b in raw], f"not UTF-8 (byte 0x{byte:02x}): read as cp1252"
+        except UnicodeDecodeError as e:
+            byte = e.object[e.start]
+    return None, f"byte 0x{byte:02x} is not {'utf-8 or cp1252' if encoding == 'auto' else encoding}"
+
+
+def _open_table(path: Path, encoding: str) -> tuple[io.TextIOBase, str] | Problem:
     try:
-        with open(path, "rb") as f:
-            head = f.read(1 << 16)
+        f = open(path, "rb")
+        head = f.read(4)
+        f.seek(0)
     except OSError as e:
         return Problem(str(path), f"unreadable file ({e.strerror or e})")
-    if not head.strip():
+    if not head.strip() and not f.read(1 << 16).strip():
+        f.close()
         return Problem(str(path), "empty file")
-    return open(path, encoding="utf-8-sig", newline="")
+    f.seek(0)
+    if encoding == "auto":
+        # a byte-order mark names the encoding (Excel's "Unicode text" is UTF-16); otherwise UTF-8 per row,
+        # with cp1252 for the rows that are not
+        encoding = "utf-16" if head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE) else "auto"
+    codec = "utf-8-sig" if encoding in ("auto", "utf-8") else encoding
+    try:
+        return io.TextIOWrapper(f, encoding=codec, errors="surrogateescape", newline=""), encoding
+    except LookupError:
+        f.close()
+        raise FatalError(f"unknown encoding '{encoding}' (encoding=...; e.g. utf-8, cp1252, latin-1, utf-16)") from None
 
 
-def _iter_rows(path: Path) -> Iterator[tuple[str, dict | Problem]]:
-    """Yield (origin, row-dict or Problem) for CSV/JSONL/JSON, each row named by its line/row number."""
-    fh = _open_text(path)
-    if isinstance(fh, Problem):
-        yield str(path), fh
-        return
-    name = path.name.lower()
+def _delimiter(header_line: str, path: Path) -> str:
+    if path.suffix.lower() in (".tsv", ".tab"):
+        return "\t"
+    counts = {d: header_line.count(d) for d in (",", ";", "\t", "|")}
+    return max(counts, key=lambda d: (counts[d], d == ","))
+
+
+def _csv_header(path: Path, encoding: str = "auto") -> list[str] | Problem:
+    opened = _open_table(path, encoding)
+    if isinstance(opened, Problem):
+        return opened
+    fh, enc = opened
     with fh:
+        first = fh.readline()
+        row = next(csv.reader([first], delimiter=_delimiter(first, path)), None)
+    cells, _ = _decode_cells(row or [], enc)
+    if not cells or not any(c.strip() for c in cells):
+        return Problem(str(path), "no header row")
+    return [c.strip().lstrip("\ufeff") for c in cells]
+
+
+def _iter_rows(path: Path, encoding: str = "auto") -> Iterator[tuple[str, dict | Problem]]:
+    """Yield (origin, row-dict or Problem) for CSV/TSV/JSONL/JSON. Origins name the file and the row's first
+    line; a row that cannot be decoded or split is a Problem and the rows after it are still read."""
+    name = path.name.lower()
+    if name.endswith((".csv", ".tsv", ".tab")):
+        yield from _csv_rows(path, encoding)
+        return
+    opened = _open_table(path, encoding)
+    if isinstance(opened, Problem):
+        yield str(path), opened
+        return
+    fh, enc = opened
+    with fh:
+        if name.endswith(".json"):
+            text, why = _decode_cells([fh.read()], enc)
+            if text is None:
+                yield str(path), Problem(str(path), why)
+                return
+            try:
+                data = json.loads(text[0])
+            except json.JSONDecodeError as e:
+                yield str(path), Problem(str(path), f"not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}")
+                return
+            if isinstance(data, dict):
+                data = next((v for v in data.values() if isinstance(v, list)), [data])
+            for i, row in enumerate(data):
+                origin = f"{path}[{i}]"
+                yield origin, row if isinstance(row, dict) else Problem(origin, "item is not an object")
+            return
+        for i, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            origin = f"{path}:{i}"
+            decoded, why = _decode_cells([line], enc)
+            if decoded is None:
+                yield origin, Problem(origin, f"line {i}: {why}", {"line_latin1": line.encode("utf-8" if enc == "auto" else enc, "surrogateescape").decode("latin-1").rstrip("\r\n")})
+                continue
+            try:
+                row = json.loads(decoded[0])
+            except json.JSONDecodeError as e:
+                yield origin, Problem(origin, f"line {i} is not valid JSON ({e.msg})", {"line": decoded[0].rstrip("\r\n")})
+                continue
+            if not isinstance(row, dict):
+                yield origin, Problem(origin, f"line {i} is not a JSON object")
+                continue
+            if why:
+                row[_DECODE_NOTE] = f"line {i}: {why}"
+            yield origin, row
+
+
+_DECODE_NOTE = "\x00decoded"  # carried in a row dict to the record's notes; no real column has this name
+
+
+def _csv_rows(path: Path, encoding: str) -> Iterator[tuple[str, dict | Problem]]:
+    opened = _open_table(path, encoding)
+    if isinstance(opened, Problem):
+        yield str(path), opened
+        return
+    fh, enc = opened
+    with fh:
+        first = fh.readline()
+        reader = csv.reader(itertools.chain([first], fh), delimiter=_delimiter(first, path))
         try:
-            if name.endswith(".csv"):
-                # csv.DictReader silently keeps short/long rows; we check them ourselves
-                reader = csv.reader(fh)
-                header = next(reader, None)
-                if not header:
-                    yield str(path), Problem(str(path), "no header row")
-                    return
-                header = [h.strip() for h in header]
-                for i, row in enumerate(reader, start=2):
-                    origin = f"{path}:{reader.line_num}"
-                    if not any(c.strip() for c in row):
-                        continue
-                    if len(row) != len(header):
-                        yield origin, Problem(origin, f"row {i} has {len(row)} fields, header has {len(header)}",
-                                              {"row": row})
-                        continue
-                    yield origin, dict(zip(header, row))
-            elif name.endswith(".json"):
-                try:
-                    data = json.load(fh)
-                except json.JSONDecodeError as e:
-                    yield str(path), Problem(str(path), f"not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}")
-                    return
-                if isinstance(data, dict):
-                    data = next((v for v in data.values() if isinstance(v, list)), [data])
-                for i, row in enumerate(data):
-                    origin = f"{path}[{i}]"
-                    yield origin, row if isinstance(row, dict) else Problem(origin, "item is not an object")
-            else:
-                for i, line in enumerate(fh, start=1):
-                    if not line.strip():
-                        continue
-                    origin = f"{path}:{i}"
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        yield origin, Problem(origin, f"line {i} is not valid JSON ({e.msg})", {"line": line.rstrip("\n")})
-                        continue
-                    yield origin, row if isinstance(row, dict) else Problem(origin, f"line {i} is not a JSON object")
-        except UnicodeDecodeError as e:
-            yield str(path), Problem(str(path), f"not UTF-8 (byte offset {e.start} of a block): rows after this point not read")
+            header = next(reader, None)
+        except csv.Error as e:
+            yield str(path), Problem(str(path), f"header row is not valid CSV ({e})")
+            return
+        header, _ = _decode_cells(header or [], enc)
+        if not header or not any(h.strip() for h in header):
+            yield str(path), Problem(str(path), "no header row")
+            return
+        header = [h.strip().lstrip("\ufeff") for h in header]
+        last_line = reader.line_num
+        while True:
+            start = last_line + 1  # the row's first line (a quoted field can span several)
+            origin = f"{path}:{start}"
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as e:
+                yield origin, Problem(origin, f"line {start}: not valid CSV ({e}); rows after it not read")
+                return
+            last_line = reader.line_num
+            cells, why = _decode_cells(row, enc)
+            if cells is None:
+                yield origin, Problem(origin, f"line {start}: {why}; pass encoding=NAME if the whole file has one",
+                                      {"row_latin1": [c.encode("utf-8" if enc == "auto" else enc, "surrogateescape").decode("latin-1")
+                                                      for c in row]})
+                continue
+            if not any(c.strip() for c in cells):
+                yield origin, Problem(origin, f"line {start}: empty row", {"row": cells})
+                continue
+            if len(cells) != len(header):
+                yield origin, Problem(origin, f"line {start}: row has {len(cells)} fields, header has {len(header)}",
+                                      {"row": cells})
+                continue
+            out = dict(zip(header, cells))
+            if why:
+                out[_DECODE_NOTE] = f"line {start}: {why}"
+            yield origin, out
 
 
-def _resolve_columns(keys: set[str], cm: ColumnMap, origin: str) -> dict[str, str] | Problem:
-    resolved = {}
-    for fld, candidates in COLUMN_CANDIDATES.items():
+def _norm_name(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def resolve_columns(keys: list[str], cm: ColumnMap, origin: str) -> dict[str, str] | Problem:
+    """{field: column} for a table's columns: the mapping given in `cm`, else detected from
+    COLUMN_CANDIDATES (case, spaces, `_` and `#` ignored); each column is used for one field at most."""
+    by_norm: dict[str, str] = {}
+    for k in keys:
+        by_norm.setdefault(_norm_name(k), k)
+    resolved: dict[str, str] = {}
+    for fld in COLUMN_CANDIDATES:
         given = getattr(cm, fld)
         if given:
-            if given not in keys:
-                return Problem(origin, f"column '{given}' (columns.{fld}) not found; columns are {sorted(keys)}")
-            resolved[fld] = given
-        else:
-            found = next((c for c in candidates if c in keys), None)
-            if found:
-                resolved[fld] = found
-    if "text" not in resolved and not ({"findings", "impression"} <= resolved.keys()):
-        missing = [f for f in ("findings", "impression") if f not in resolved]
-        return Problem(origin, f"missing column(s) for {', '.join(missing)}; columns are {sorted(keys)} "
-                               f"(map them with columns.findings=NAME columns.impression=NAME)")
+            col = given if given in keys else by_norm.get(_norm_name(given))
+            if col is None:
+                return Problem(origin, f"column '{given}' (columns.{fld}) not found; columns are {list(keys)}")
+            resolved[fld] = col
+    used = set(resolved.values())
+    for fld, candidates in COLUMN_CANDIDATES.items():
+        if fld in resolved:
+            continue
+        found = next((by_norm[c] for c in candidates if c in by_norm and by_norm[c] not in used), None)
+        if found is None and fld in COLUMN_CONTAINS:
+            found = next((k for k in keys if k not in used and COLUMN_CONTAINS[fld](_norm_name(k))), None)
+        if found:
+            resolved[fld] = found
+            used.add(found)
+    if "text" not in resolved and not ({"findings", "impression"} & resolved.keys()):
+        return Problem(origin, f"no report column found; columns are {list(keys)} (map one with "
+                               "columns.text=NAME for whole reports, or columns.findings=NAME and "
+                               "columns.impression=NAME for separate sections)")
     return resolved
+
+
+def table_header(path: Path, encoding: str = "auto") -> list[str] | Problem:
+    """A table's column names: the CSV header, or the keys of the first JSON/JSONL record."""
+    if path.name.lower().endswith((".csv", ".tsv", ".tab")):
+        return _csv_header(path, encoding)
+    for _, row in _iter_rows(path, encoding):
+        if isinstance(row, dict):
+            return [k for k in row if k != _DECODE_NOTE]
+    return Problem(str(path), "no readable rows")
+
+
+def table_columns(path: Path, opts: ReadOptions) -> dict[str, str] | Problem:
+    """The column mapping a table file will be read with (reads the header or first record only)."""
+    header = table_header(path, opts.encoding)
+    return header if isinstance(header, Problem) else resolve_columns(header, opts.columns, str(path))
 
 
 def _cell(row: dict, col: str | None) -> str:
@@ -372,27 +540,30 @@ def _cell(row: dict, col: str | None) -> str:
 
 def read_table(path: Path, opts: ReadOptions, source: str = "table") -> Iterator[Record | Problem]:
     cols: dict[str, str] | None = None
-    for n, (origin, row) in enumerate(_iter_rows(path)):
+    for n, (origin, row) in enumerate(_iter_rows(path, opts.encoding)):
         if isinstance(row, Problem):
             yield row
             continue
         if cols is None:
-            resolved = _resolve_columns(set(row), opts.columns, str(path))
+            resolved = resolve_columns([k for k in row if k != _DECODE_NOTE], opts.columns, str(path))
             if isinstance(resolved, Problem):
                 yield resolved
                 return  # every row of this file would fail the same way: one clear problem
             cols = resolved
         rid = _cell(row, cols.get("id")).strip() or f"{path.stem}-{n}"
         patient = _cell(row, cols.get("patient_id")).strip()
-        if "text" in cols and _cell(row, cols["text"]).strip() and "findings" not in cols:
+        structured = "findings" in cols or "impression" in cols
+        if "text" in cols and _cell(row, cols["text"]).strip() and not (
+                structured and (_cell(row, cols.get("findings")).strip() or _cell(row, cols.get("impression")).strip())):
             rec = _record_from_text(_cell(row, cols["text"]), rid, source, origin, opts, patient, rid)
         else:
-            norm = lambda f: normalize_text(_cell(row, cols.get(f)), opts.phi_token)  # noqa: E731
-            rec = Record(id=rid, source=source, patient_id=patient, study_id=rid,
-                         findings=norm("findings"), impression=norm("impression"),
-                         indication=norm("indication"), comparison=norm("comparison"), origin=origin)
+            norm = {f: normalize_text(_cell(row, cols.get(f)), opts.phi_token)
+                    for f in ("findings", "impression", "indication", "comparison")}
+            rec = Record(id=rid, source=source, patient_id=patient, study_id=rid, origin=origin, **norm)
             rec.sections = {k: v for k, v in (("findings", rec.findings), ("impression", rec.impression),
                                               ("indication", rec.indication), ("comparison", rec.comparison)) if v}
+        if row.get(_DECODE_NOTE):
+            rec.notes.append(row[_DECODE_NOTE])
         if source == "iu-csv":
             rec.mesh = [m.strip() for m in row.get("MeSH", "").split(";") if m.strip()]
             rec.problems = [p.strip() for p in row.get("Problems", "").split(";") if p.strip()]
