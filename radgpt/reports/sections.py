@@ -73,17 +73,21 @@ _HEADER = re.compile(r"^\s*([A-Z][A-Z0-9 ,/&()'\-\.]{0,70}?)\s*:(?!\d)\s*(.*)$")
 _HEADER_ANY = re.compile(r"^\s*([A-Za-z][A-Za-z ,/&()'\-]{0,50}?)\s*(:+|\s[-\u2013\u2014]+(?=\s|$)|[-\u2013\u2014]+$|$)"
                          r"[-\u2013\u2014:\s]*(.*)$")
 _SEPARATOR = re.compile(r"^\s*_{10,}\s*$")
-_RULE = re.compile(r"^\s*[-=*~#_]{3,}\s*$")  # a drawn line that is not MIMIC's addendum separator
+# a line drawn with punctuation ("--", "=====", "***"), not MIMIC's addendum separator; a lone "." is text
+_RULE = re.compile(r"^\s*[-=*~#_+<>|]{2,}\s*$")
 _TITLES = {"FINAL REPORT", "PRELIMINARY REPORT", "ADDENDUM", "REPORT", "FINAL ADDENDUM", "WET READ"}
-_FOOTER = re.compile(r"^[\s*=\-#\[(]*(?:end of (?:report|impression|addendum)|(?:final|preliminary|signed) report"
-                     r"|report (?:end|finali[sz]ed|signed)|page \d+ of \d+|final)[\s*=\-#.\])]*$", re.IGNORECASE)
+_FOOTER = re.compile(r"^[\s*=\-#\[(<]*(?:end of (?:report|impression|addendum|document)|report (?:end|complete)"
+                     r"|(?:final|preliminary|prelim|draft|corrected|amended|signed|unsigned|verified)(?: report| result)?"
+                     r"|page \d+(?: of \d+)?)[\s*=\-#.\])>]*$"
+                     # report status notes: "Preliminary report, impression to follow."
+                     r"|^[\s*\[(]*(?:preliminary|prelim|draft|wet read)\b[^.]*\bto follow\b.*$", re.IGNORECASE)
 
 # Sign-off lines (signature, dictation, transcription, attestation): never findings or impression. A line that
 # starts with one, and everything after it up to the next header, is kept under "signature".
 _SIGNED = (r"(?:electronically |digitally )?(?:e-?signed|signed|verified|approved|authenticated|finali[sz]ed|"
            r"dictated|transcribed|interpreted|reported|read|reviewed|released|co-?signed)")
 _SIGNOFF = re.compile(
-    rf"^\s*(?:this (?:report|study|exam) (?:was|has been|is) )?{_SIGNED}"
+    rf"^\s*(?:this (?:report|study|exam) (?:was|has been|is) |(?:final |preliminary )?report )?{_SIGNED}"
     rf"(?:\s*(?:and|&|/|,)\s*{_SIGNED})*(?:\s+electronically)?\s*(?:by\b|on\b|at\b|:|-\s|\d|\(|$)"
     r"|^\s*(?:attending|staff|reading|interpreting|consultant|signing|supervising|reporting)?\s*"
     r"(?:radiologist|physician|resident|fellow|attending|transcriptionist|dictating physician)s?\s*:"
@@ -93,8 +97,23 @@ _SIGNOFF = re.compile(
     r"|^\s*D:\s*\d.*\bT:\s*\d",
     re.IGNORECASE)
 # A sign-off at the end of a text line ("No acute disease. Electronically signed by Dr. X on ...").
-_SIGNOFF_INLINE = re.compile(r"(?<=[.!?])\s+(?=(?:electronically |digitally )?(?:signed|dictated|transcribed|"
-                             r"verified|e-signed)(?: electronically)? by\b)", re.IGNORECASE)
+_SIGNOFF_INLINE = re.compile(
+    r"(?<=[.!?])\s+(?=(?:this (?:report|study|exam) (?:was|has been|is) )?(?:(?:final |preliminary )?report )?"
+    r"(?:(?:reviewed|read|dictated|verified|approved) and )?"
+    r"(?:electronically |digitally )?(?:signed|dictated|transcribed|verified|e-signed|finali[sz]ed)"
+    r"(?: electronically)? by\b|I(?:,[^,]{1,60},)? have (?:personally )?(?:reviewed|examined)\b)"
+    # in any place of a line, the unmistakable ones ("...no effusion Electronically signed by: ...")
+    r"|\s+(?=(?:electronically|digitally) signed\b"
+    r"|(?:dictated|transcribed|signed|read|reviewed|verified|approved|interpreted)(?: by)?\s*:"
+    r"|(?:\w+ )?(?:radiologist|resident|fellow|attending)\s*:|\*+\s*(?:dictated|signed)\b)",
+    re.IGNORECASE)
+# Inside a line flattened from several: a drawn rule or an end-of-report mark starts a new line there.
+_INLINE_BREAK = re.compile(r"\s*[-=*~#]{5,}\s*|\s+(?=[\[(*=<-]*\s*end of (?:report|document)\b)"
+                           r"|\s+(?=[*=#\[(]{1,}\s*(?:final|preliminary|prelim|draft)(?: report)?\s*[*=#\])]+)", re.IGNORECASE)
+# A sign-off phrase cut by a line wrap: "... infiltrate. This report was" / "electronically signed by ..."
+_SIGNOFF_LEAD = re.compile(r"(?<=[.!?])\s+(?:this (?:report|study|exam) (?:was|has been|is)|(?:final |preliminary )?report"
+                           r"|(?:reviewed|read|dictated|verified|approved) and|electronically|digitally)"
+                           r"(?: electronically)?\s*$", re.IGNORECASE)
 
 
 @dataclass
@@ -209,6 +228,10 @@ def _segment(lines: list[str]) -> tuple[list[str], list[tuple[str, str, list[str
         if stripped and (_RULE.match(line) or _FOOTER.match(stripped)):
             continue
         if stripped and _SIGNOFF.match(line):
+            last = segments[-1][2] if segments else preamble
+            if last and _SIGNOFF_LEAD.search(last[-1]):
+                lead = _SIGNOFF_LEAD.search(last[-1])
+                last[-1], line = last[-1][:lead.start()], last[-1][lead.start():].strip() + " " + line.strip()
             segments.append(("signature", "", [line]))
             continue
         inline_sign = _SIGNOFF_INLINE.search(line) if stripped else None
@@ -248,23 +271,48 @@ _INLINE_SECTIONS = ("findings", "impression", "findings_impression", "indication
                     "examination", "recommendation")
 # A known header after a sentence end inside a line: exports that flatten a report onto one line
 # ("INDICATION: Cough. FINDINGS: Clear. IMPRESSION: Normal.").
+_INLINE_NAMES = sorted((n for n in _LOOKUP if _LOOKUP[n] in _INLINE_SECTIONS and n not in _NOT_BARE),
+                       key=len, reverse=True)
+_INLINE_ALTERNATIVES = "|".join(re.escape(n).replace(r"\ ", r"\s+") for n in _INLINE_NAMES)
+# A known header inside a line: exports that flatten a report onto one line ("INDICATION: Cough. FINDINGS:
+# Clear. IMPRESSION: Normal."). In any case after a sentence end; capitalised ("Findings:", "FINDINGS:") after
+# any word.
 _INLINE_HEADER = re.compile(
-    r"(?<=[.!?;])[ \t]+(?=(?:" + "|".join(
-        re.escape(n).replace(r"\ ", r"\s+") for n in sorted(_LOOKUP, key=len, reverse=True)
-        if _LOOKUP[n] in _INLINE_SECTIONS and n not in _NOT_BARE) + r")[ \t]*:)", re.IGNORECASE)
+    rf"(?<=[.!?;])[ \t]+(?=(?i:{_INLINE_ALTERNATIVES})[ \t]*:)|(?<=\S)[ \t]+(?=(?=[A-Z])(?i:{_INLINE_ALTERNATIVES})[ \t]*:)")
 
 
 def _split_inline_headers(line: str) -> list[str]:
-    return _INLINE_HEADER.split(line) if ":" in line else [line]
+    if _INLINE_BREAK.search(line) and not _RULE.match(line):
+        return [part for piece in _INLINE_BREAK.split(line) for part in _split_inline_headers(piece)]
+    if ":" not in line or not _INLINE_HEADER.search(line):
+        return [line]
+    parts, start = [], 0
+    for m in _INLINE_HEADER.finditer(line):
+        before = line[start:m.start()].split()
+        name = re.match(r"[A-Za-z/&\- ]+", line[m.end():]).group(0).strip()
+        if before and (before[-1].upper() in ("AND", "&", "OR") or before[-1].endswith("/")
+                       or _header_key(f"{before[-1]} {name}") in _LOOKUP):
+            continue  # part of a longer header: "FINDINGS AND IMPRESSION:", "CLINICAL HISTORY:"
+        parts.append(line[start:m.start()])
+        start = m.end()
+    parts.append(line[start:])
+    return parts
 
 
+_TITLE_RUN = re.compile(r"^(?:[A-Z0-9/&()\-]+\s+){2,}(?=[A-Z][a-z])")
 _SHORT_SECTIONS = ("indication", "comparison", "technique", "examination")
 
 
-def _is_title(paragraph: str) -> bool:
-    """An exam title line before the first header ("CHEST 2 VIEWS PA AND LATERAL", "XR CHEST 1V"): no
-    lower-case letters and no sentence end."""
-    return not any(c.islower() for c in paragraph) and not paragraph.rstrip().endswith(".")
+def _is_title(line: str, next_line: str = "") -> bool:
+    """An exam title line before the first header ("CHEST 2 VIEWS PA AND LATERAL", "Chest Radiograph", a date):
+    no lower-case letters and no sentence end, or a few words with no end punctuation that the next line does
+    not continue (it starts with a capital, or there is none)."""
+    text = line.strip()
+    if text.endswith((".", ",", ";", ":")):
+        return False
+    if not any(c.islower() for c in text):
+        return True
+    return len(text.split()) <= 8 and (not next_line.strip() or next_line.strip()[0].isupper())
 
 
 def _is_addendum(block: list[str]) -> bool:
@@ -328,12 +376,14 @@ def parse_report(text: str, phi_token: str = DEFAULT_PHI_TOKEN) -> ParsedReport:
     # section (HISTORY, COMPARISON, ...) that runs straight into the impression.
     if out.sections.get("impression") and not out.sections.get("findings"):
         lead = list(preamble)
-        while lead and (not lead[0].strip() or _is_title(lead[0].strip())):
+        while lead and (not lead[0].strip() or _is_title(lead[0], next((x for x in lead[1:] if x.strip()), ""))):
             lead.pop(0)
         first_imp = next(i for i, seg in enumerate(segments) if seg[0] == "impression")
         before = segments[first_imp - 1] if first_imp > 0 else None
         if _paragraphs(lead):
-            out.sections["findings"] = normalize_text(" ".join(_paragraphs(lead)), phi_token)
+            # an exam title run into the first sentence of a flattened report: "XR CHEST PA AND LATERAL Lungs are"
+            text = _TITLE_RUN.sub("", " ".join(_paragraphs(lead)))
+            out.sections["findings"] = normalize_text(text, phi_token)
             out.notes.append("text before the first header taken as findings")
             preamble = preamble[:len(preamble) - len(lead)]
         elif before and before[0] in _SHORT_SECTIONS and len(_paragraphs(before[2])) >= 2:
