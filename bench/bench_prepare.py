@@ -102,7 +102,7 @@ def build_tree(n: int, seed: int = 0) -> Path:
 
 def run_prepare(tree: Path) -> dict:
     out = OUT / f"prepared-{tree.name}"
-    cmd = [sys.executable, "-m", "radgpt", "prepare", str(tree), "--out", str(out), "--quiet"]
+    cmd = [sys.executable, "-m", "radgpt", "prepare", str(tree), "--out", str(out), "--quiet", "--force"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     secs = time.perf_counter() - t0  # includes interpreter start-up and imports

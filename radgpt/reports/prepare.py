@@ -320,12 +320,12 @@ def prepare(cfg: PrepareConfig, console: Console | None = None, force: bool = Fa
                     reason = f"findings length {fw} words outside [{flt.min_findings_words}, {flt.max_findings_words}]"
                 elif iw < flt.min_impression_words or (flt.max_impression_words and iw > flt.max_impression_words):
                     reason = f"impression length {iw} words outside [{flt.min_impression_words}, {flt.max_impression_words}]"
-                if reason:
-                    skip(rec.origin, reason, rec.to_dict())
-                    continue
                 row = rec.to_dict()
                 if pseudonym:
                     row = pseudonym.record(row)
+                if reason:
+                    skip(rec.origin, reason, row)
+                    continue
                 if inference_f is not None:
                     keep = ("id", "patient_id", "findings", "indication", "comparison", "impression", "origin")
                     inference_f.write(json.dumps({k: row[k] for k in keep}, ensure_ascii=False) + "\n")
@@ -339,7 +339,7 @@ def prepare(cfg: PrepareConfig, console: Console | None = None, force: bool = Fa
                     key = rec.study_id if split_key in ("study_id", "id") else rec.patient_id
                     split = split_map.get(key) or split_map.get(rec.id)
                     if split is None:
-                        skip(rec.origin, f"id {rec.id} not in split file", rec.to_dict())
+                        skip(rec.origin, f"id {rec.id} not in split file", row)
                         continue
                     prev = patient_split.setdefault(patient, split)
                     if prev != split:
@@ -350,7 +350,7 @@ def prepare(cfg: PrepareConfig, console: Console | None = None, force: bool = Fa
                 h = _pair_hash(rec.findings, rec.impression)
                 if h in seen[split]:
                     counts[f"duplicates_{split}"] += 1
-                    skip(rec.origin, f"duplicate (findings, impression) pair within {split}", rec.to_dict())
+                    skip(rec.origin, f"duplicate (findings, impression) pair within {split}", row)
                     continue
                 seen[split].add(h)
                 if split != "train":
