@@ -315,6 +315,10 @@ def _index_for(folder: Path, cfg: dict, cases: str | None):
     idx = CaseIndex.load(folder, match)
     if idx is not None:
         return idx
+    from radgpt.export import shared_without_cases
+
+    if shared_without_cases(folder):  # shared without its cases: never someone else's reports instead
+        return None
     train = (cfg.get("data") or {}).get("train")
     for cand in ([Path(train), REPO / train] if train else []):
         if cand.is_file() and cand.suffix == ".jsonl":
@@ -323,6 +327,12 @@ def _index_for(folder: Path, cfg: dict, cases: str | None):
             except FatalError:
                 return None
     return None
+
+
+def _no_cases(folder: Path, k: int) -> FatalError:
+    return FatalError(f"{folder}: the model wants {k} retrieved prior cases per prompt and the folder has none; "
+                      "pass --cases FILE.jsonl with your own prior reports (one JSON object per line with id, "
+                      "findings, impression; radgpt prepare's records/train.jsonl works)")
 
 
 def load_model(spec: str | None = None, backend: str = "auto", device: str = "cpu", endpoint: str | None = None,
@@ -354,6 +364,8 @@ def load_model(spec: str | None = None, backend: str = "auto", device: str = "cp
             instruction = instruction or data.get("instruction")
             shots = data.get("retrieval_k", 0) if shots is None else shots
             index = _index_for(run, {"data": data}, cases)
+            if shots and index is None:
+                raise _no_cases(run, shots)
         else:
             index = CaseIndex(load_cases(cases or _default_cases()))
         source = {"endpoint": endpoint, "adapter_sha256": adapter_hash(run) if run else None}
@@ -367,8 +379,7 @@ def load_model(spec: str | None = None, backend: str = "auto", device: str = "cp
     k = data.get("retrieval_k", 0) if shots is None else shots
     index = _index_for(folder, cfg, cases)
     if k and index is None:
-        raise FatalError(f"{folder}: the model wants {k} retrieved examples per prompt but there are no cases; "
-                         "pass --cases FILE.jsonl")
+        raise _no_cases(folder, k)
     from radgpt import export as ex
     from radgpt.backends import CT2Backend, LlamaCppBackend, TransformersBackend, export_meta
     from radgpt.export_gguf import GGUF_FILE
