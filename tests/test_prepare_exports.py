@@ -212,3 +212,27 @@ def test_signature_text_is_kept_apart_not_lost():
     r = parse_report("FINDINGS: Clear.\nIMPRESSION: Normal.\nElectronically signed by: Dr. A Smith\n01/02/2021 10:30")
     assert r.impression == "Normal."
     assert r.sections["signature"] == "Electronically signed by: Dr. A Smith 01/02/2021 10:30"
+
+
+@pytest.mark.parametrize("text", [
+    "FINDINGS:\\nLungs clear.\\n\\nIMPRESSION:\\nNormal.",                                   # escaped in a database dump
+    "FINDINGS:<br>Lungs clear.<br/><br><b>IMPRESSION:</b><br>Normal.",                    # HTML from a web RIS
+    "FINDINGS:\\.br\\Lungs clear.\\.br\\IMPRESSION: Normal.",                               # HL7 v2 OBX text
+])
+def test_line_breaks_written_as_something_else(text):
+    r = parse_report(text)
+    assert (r.findings, r.impression) == ("Lungs clear.", "Normal.") and r.notes
+
+
+@pytest.mark.parametrize("header, found", [
+    ("Acc No,Pt ID,Rpt Text", {"id": "Acc No", "patient_id": "Pt ID", "text": "Rpt Text"}),
+    ("ACCESSION_NBR;MEDICAL RECORD NUMBER;REPORT_BODY", {"id": "ACCESSION_NBR", "patient_id": "MEDICAL RECORD NUMBER",
+                                                        "text": "REPORT_BODY"}),
+    ("StudyID\tPatient No\tNarrative", {"id": "StudyID", "patient_id": "Patient No", "text": "Narrative"}),
+])
+def test_export_column_names_are_detected(tmp_path, header, found):
+    from radgpt.reports.sources import ReadOptions, table_columns
+
+    f = tmp_path / "x.csv"
+    f.write_text(header + "\n")
+    assert table_columns(f, ReadOptions()) == found

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import html
 import re
 from dataclasses import dataclass, field
 
@@ -359,12 +360,32 @@ def _is_addendum(block: list[str]) -> bool:
     return "ADDENDUM" in head
 
 
+_MARKUP_BREAK = re.compile(r"<(?:br|p|div|li|tr)\b[^>]{0,200}>|</(?:p|div|li|tr)>", re.IGNORECASE)
+_MARKUP_TAG = re.compile(r"</?[A-Za-z][^<>]{0,200}>")
+
+
+def _unflatten(text: str) -> tuple[str, str]:
+    """Line breaks that an export wrote as something else: HTML (`<br>`, `<p>`), HL7 v2's `\\.br\\`, or escaped
+    `\\n` in a cell with no real line break. Returns (text, note) — note empty when nothing was changed."""
+    if "<" in text and _MARKUP_BREAK.search(text):
+        text = _MARKUP_TAG.sub("", _MARKUP_BREAK.sub("\n", text))
+        return html.unescape(text), "HTML line breaks and tags read as text lines"
+    if "\\.br\\" in text:
+        return text.replace("\\.br\\", "\n"), "HL7 \\.br\\ escapes read as line breaks"
+    if "\n" not in text and ("\\n" in text or "\\r" in text):
+        return text.replace("\\r\\n", "\n").replace("\\n", "\n").replace("\\r", "\n"), "escaped \\n read as line breaks"
+    return text, ""
+
+
 def parse_report(text: str, phi_token: str = DEFAULT_PHI_TOKEN) -> ParsedReport:
     """Split one report into sections. Never raises on any input string."""
     out = ParsedReport()
     if not isinstance(text, str) or not text.strip():
         out.notes.append("empty report")
         return out
+    text, note = _unflatten(text)
+    if note:
+        out.notes.append(note)
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
     blocks = _split_blocks(lines)

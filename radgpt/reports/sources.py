@@ -38,23 +38,27 @@ IU_CSV_COLUMNS = {"uid", "findings", "impression"}
 # Column names tried, in order, when a table's mapping is not given; compared with case, spaces, `_`
 # and `#` removed, so `ReportText`, `Report Text` and `report_text` are one name.
 COLUMN_CANDIDATES: dict[str, tuple[str, ...]] = {
-    "id": ("id", "accessionnumber", "accession", "accessionno", "accnumber", "accno", "acc", "studyid", "examid",
-           "reportid", "uid", "idx", "orderid", "ordernumber", "examnumber", "studyuid"),
+    "id": ("id", "accessionnumber", "accession", "accessionno", "accnumber", "accno", "accnbr", "acc", "studyid",
+           "examid", "reportid", "uid", "idx", "orderid", "ordernumber", "examnumber", "studyuid", "studyinstanceuid",
+           "risid", "requestid", "requestnumber"),
     "patient_id": ("patientid", "mrn", "patientmrn", "medicalrecordnumber", "subjectid", "patient", "patientnumber",
-                   "patid", "pid", "hospitalnumber", "personid", "unitnumber", "nhsnumber", "patientidentifier"),
+                   "patid", "ptid", "ptmrn", "pid", "patientno", "patno", "empi", "hospitalnumber", "personid",
+                   "unitnumber", "nhsnumber", "patientidentifier", "urn", "hospitalid"),
     "findings": ("findings", "inputs", "input", "finding", "findingstext", "reportfindings"),
     "impression": ("impression", "target", "output", "impressions", "summary", "conclusion", "impressiontext",
                    "reportimpression"),
     "indication": ("indication", "background", "history", "clinicalhistory", "clinicalindication", "reasonforexam"),
     "comparison": ("comparison",),
     "text": ("report", "text", "reporttext", "narrative", "reportnarrative", "fullreport", "reportbody", "finalreport",
-             "reportcontent", "result", "resulttext", "results", "body", "notetext", "note", "content"),
+             "reportcontent", "reportcontents", "reporttxt", "rpttext", "fulltext", "narrativetext", "result",
+             "resulttext", "results", "body", "notetext", "note", "content", "observation", "observationvalue"),
 }
 # Second try, by part of the name ("Patient MRN (hospital)", "Accession No."), for the three an export must have.
 COLUMN_CONTAINS = {
     "id": lambda n: "accession" in n,
-    "patient_id": lambda n: "mrn" in n or n.endswith(("patientid", "patientnumber")),
-    "text": lambda n: "report" in n and ("text" in n or "narrative" in n or "body" in n),
+    "patient_id": lambda n: "mrn" in n or (n.startswith(("patient", "pt")) and n.endswith(("id", "number", "no"))),
+    "text": lambda n: ("report" in n or "rpt" in n) and any(w in n for w in ("text", "txt", "narrative", "body",
+                                                                               "content")),
 }
 # What each columns.* key means, for --help and the README.
 COLUMN_HELP = {
