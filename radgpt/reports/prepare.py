@@ -83,6 +83,7 @@ class PrepareConfig:
     encoding: str = "auto"  # auto: UTF-8, rows that are not read as cp1252 (each noted); or one codec, e.g. cp1252
     for_inference: bool = False  # findings only, no split: for_inference.jsonl for `radgpt impress`
     pseudonymize: bool = False  # ids and patient ids → keyed hashes; id_map.csv links them back (keep it private)
+    workers: int = 0  # processes parsing report text when an input holds over 2,048 reports; 0 = one per core
     split: SplitConfig = field(default_factory=SplitConfig)
     filters: FilterConfig = field(default_factory=FilterConfig)
     tasks: list[str] = field(default_factory=lambda: ["findings_impression"])
@@ -240,7 +241,7 @@ def prepare(cfg: PrepareConfig, console: Console | None = None, force: bool = Fa
     inputs = [Path(p) for p in cfg.inputs]
     if not any(p.exists() for p in inputs):
         raise FatalError(f"no input found: {', '.join(map(str, inputs))} do(es) not exist")
-    opts = ReadOptions(phi_token=cfg.phi_token, columns=cfg.columns, encoding=cfg.encoding)
+    opts = ReadOptions(phi_token=cfg.phi_token, columns=cfg.columns, encoding=cfg.encoding, workers=cfg.workers)
     plans = _plan_inputs(cfg, inputs, opts, console)
     _prepare_out(out, force)
     write_resolved(cfg, out)

@@ -13,10 +13,13 @@ anything it cannot read (named file, line/row and reason) — a reader never rai
 from __future__ import annotations
 
 import codecs
+import collections
 import csv
+import functools
 import io
 import itertools
 import json
+import multiprocessing
 import os
 import re
 import sys
@@ -90,6 +93,7 @@ class ReadOptions:
     phi_token: str = DEFAULT_PHI_TOKEN
     columns: ColumnMap = field(default_factory=ColumnMap)
     encoding: str = "auto"  # auto = UTF-8 (BOM-named UTF-16), rows that are not UTF-8 read as cp1252 and noted
+    workers: int = 0  # processes that parse report text for large inputs; 0 = one per core (at most 8)
 
 
 # ------------------------------------------------------------------ detection
@@ -154,15 +158,67 @@ def _read_file_text(f: Path) -> str | Problem:
     return _decode(data, str(f))
 
 
+@dataclass
+class _Unparsed:
+    """A record whose report text is still to be split into sections — and, when `path` is set, still to be
+    read: read_source does both, in worker processes when the input is large (reading and parsing are most
+    of prepare's time at MIMIC-CXR scale)."""
+
+    record: Record
+    text: str = ""
+    path: str = ""
+
+
 def _record_from_text(text: str, rid: str, source: str, origin: str, opts: ReadOptions,
-                      patient_id: str = "", study_id: str = "") -> Record:
-    parsed = parse_report(text, opts.phi_token)
-    return Record(
-        id=rid, source=source, patient_id=patient_id, study_id=study_id,
-        findings=parsed.findings, impression=parsed.impression,
-        indication=parsed.indication, comparison=parsed.comparison,
-        sections=parsed.sections, origin=origin, notes=parsed.notes,
-    )
+                      patient_id: str = "", study_id: str = "", path: str = "") -> _Unparsed:
+    return _Unparsed(Record(id=rid, source=source, patient_id=patient_id, study_id=study_id, origin=origin), text, path)
+
+
+def _parse_into(item, phi_token: str) -> Record | Problem:
+    if not isinstance(item, _Unparsed):
+        return item
+    text = _read_file_text(Path(item.path)) if item.path else item.text
+    if isinstance(text, Problem):
+        return text
+    parsed = parse_report(text, phi_token)
+    r = item.record
+    r.findings, r.impression, r.indication, r.comparison = (parsed.findings, parsed.impression, parsed.indication,
+                                                            parsed.comparison)
+    r.sections, r.notes = parsed.sections, parsed.notes + r.notes
+    return r
+
+
+def _parse_chunk(chunk: list, phi_token: str) -> list[Record | Problem]:
+    return [_parse_into(item, phi_token) for item in chunk]
+
+
+PARSE_BATCH = 2048  # inputs smaller than this are parsed in this process; larger ones by a pool of workers
+_CHUNK = 256
+
+
+def _parse_all(items: Iterator, opts: ReadOptions) -> Iterator[Record | Problem]:
+    """Items in order, each _Unparsed one read and parsed. Above PARSE_BATCH items, chunks go to worker
+    processes with a bounded number in flight, so memory stays flat and the order is the input's."""
+    workers = opts.workers or min(os.cpu_count() or 1, 8)
+    first = list(itertools.islice(items, PARSE_BATCH))
+    if workers <= 1 or len(first) < PARSE_BATCH:
+        for item in itertools.chain(first, items):
+            yield _parse_into(item, opts.phi_token)
+        return
+    methods = multiprocessing.get_all_start_methods()
+    pool = multiprocessing.get_context("fork" if "fork" in methods else None).Pool(workers)
+    try:
+        inflight: collections.deque = collections.deque()
+        rest = iter(lambda: list(itertools.islice(items, _CHUNK)), [])
+        head = (first[i:i + _CHUNK] for i in range(0, len(first), _CHUNK))
+        for chunk in itertools.chain(head, rest):
+            inflight.append(pool.apply_async(_parse_chunk, (chunk, opts.phi_token)))
+            while len(inflight) > 3 * workers:
+                yield from inflight.popleft().get()
+        while inflight:
+            yield from inflight.popleft().get()
+    finally:
+        pool.terminate()
 
 
 # ------------------------------------------------------------------ MIMIC-CXR
@@ -225,12 +281,8 @@ def read_mimic(path: Path, opts: ReadOptions) -> Iterator[Record | Problem]:
     for f in _walk_sorted(path):
         if not f.name.lower().endswith(".txt"):
             continue
-        text = _read_file_text(f)
-        if isinstance(text, Problem):
-            yield text
-            continue
         rid, patient, study = _mimic_ids(str(f.relative_to(path)))
-        yield _record_from_text(text, rid, "mimic", str(f), opts, patient, study)
+        yield _record_from_text("", rid, "mimic", str(f), opts, patient, study, path=str(f))  # read by a worker
 
 
 # ------------------------------------------------------------------ free text (in-house)
@@ -238,11 +290,7 @@ def read_mimic(path: Path, opts: ReadOptions) -> Iterator[Record | Problem]:
 def read_text(path: Path, opts: ReadOptions) -> Iterator[Record | Problem]:
     files = [path] if path.is_file() else (f for f in _walk_sorted(path) if f.suffix.lower() == ".txt")
     for f in files:
-        text = _read_file_text(f)
-        if isinstance(text, Problem):
-            yield text
-            continue
-        yield _record_from_text(text, f.stem, "text", str(f), opts, study_id=f.stem)
+        yield _record_from_text("", f.stem, "text", str(f), opts, study_id=f.stem, path=str(f))  # read by a worker
 
 
 # ------------------------------------------------------------------ OpenI XML
@@ -559,8 +607,10 @@ def read_table(path: Path, opts: ReadOptions, source: str = "table") -> Iterator
         structured = "findings" in cols or "impression" in cols
         if "text" in cols and _cell(row, cols["text"]).strip() and not (
                 structured and (_cell(row, cols.get("findings")).strip() or _cell(row, cols.get("impression")).strip())):
-            rec = _record_from_text(_cell(row, cols["text"]), rid, source, origin, opts, patient, rid)
+            unparsed = _record_from_text(_cell(row, cols["text"]), rid, source, origin, opts, patient, rid)
+            rec = unparsed.record
         else:
+            unparsed = None
             norm = {f: normalize_text(_cell(row, cols.get(f)), opts.phi_token)
                     for f in ("findings", "impression", "indication", "comparison")}
             rec = Record(id=rid, source=source, patient_id=patient, study_id=rid, origin=origin, **norm)
@@ -574,7 +624,7 @@ def read_table(path: Path, opts: ReadOptions, source: str = "table") -> Iterator
             rec.patient_id = rec.patient_id or rid
             if row.get("image"):
                 rec.sections["examination"] = normalize_text(row["image"], opts.phi_token)
-        yield rec
+        yield unparsed or rec
 
 
 def read_iu_csv(path: Path, opts: ReadOptions) -> Iterator[Record | Problem]:
@@ -595,7 +645,7 @@ def read_source(path: Path, source: str, opts: ReadOptions) -> Iterator[Record |
     if not path.exists():
         yield Problem(str(path), "no such file or folder")
         return
-    yield from READERS[source](path, opts)
+    yield from _parse_all(READERS[source](path, opts), opts)
 
 
 if __name__ == "__main__":  # tiny manual check: python -m radgpt.reports.sources PATH
