@@ -109,7 +109,8 @@ def run_prepare(tree: Path) -> dict:
     if proc.returncode != 0:
         raise SystemExit(f"prepare failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
     summary = json.loads((out / "summary.json").read_text())
-    return {"secs": secs, "peak_mb": summary["peak_rss_mb"], "summary": summary}
+    return {"secs": secs, "peak_mb": summary["peak_rss_mb"], "worker_mb": summary.get("peak_rss_worker_mb", 0),
+            "summary": summary}
 
 
 def main() -> int:
@@ -124,12 +125,14 @@ def main() -> int:
         r = run_prepare(tree)
         s = r["summary"]
         recs = sum(d["records"] for d in s["splits"].values())
-        rows.append((n, r["secs"], n / r["secs"], r["peak_mb"], recs, s["skipped_total"], s["unreadable"]))
+        rows.append((n, r["secs"], n / r["secs"], r["peak_mb"], r["worker_mb"], recs, s["skipped_total"],
+                     s["unreadable"]))
     print(f"\nradgpt prepare on synthetic MIMIC-CXR trees ({os.cpu_count()} cores)\n")
-    print("| reports | seconds | reports/s | peak RSS (MB) | records out | skipped | unreadable |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    for n, secs, rate, mb, recs, skipped, bad in rows:
-        print(f"| {n:,} | {secs:.1f} | {rate:,.0f} | {mb:.0f} | {recs:,} | {skipped:,} | {bad:,} |")
+    print("| reports | seconds | reports/s | peak RSS main (MB) | peak RSS per worker (MB) | records out | skipped "
+          "| unreadable |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for n, secs, rate, mb, wmb, recs, skipped, bad in rows:
+        print(f"| {n:,} | {secs:.1f} | {rate:,.0f} | {mb:.0f} | {wmb:.0f} | {recs:,} | {skipped:,} | {bad:,} |")
     return 0
 
 

@@ -102,6 +102,9 @@ def _pair_hash(findings: str, impression: str) -> int:
     return int.from_bytes(hashlib.blake2b(f"{findings}\x00{impression}".encode(), digest_size=8).digest(), "big")
 
 
+_JSON = json.JSONEncoder(ensure_ascii=False)  # one encoder for the ~3 lines written per report
+
+
 class _Writers:
     """One JSONL file per (kind, split), opened lazily."""
 
@@ -114,7 +117,7 @@ class _Writers:
         if f is None:
             (self.out / kind).mkdir(parents=True, exist_ok=True)
             f = self.files[key] = open(self.out / kind / f"{split}.jsonl", "w", encoding="utf-8")
-        f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        f.write(_JSON.encode(obj) + "\n")
 
     def close(self) -> None:
         for f in self.files.values():
@@ -417,6 +420,7 @@ def prepare(cfg: PrepareConfig, console: Console | None = None, force: bool = Fa
         "leaked_pairs": "dropped" if cfg.split.drop_leaked else "flagged with in_train=true",
         "seconds": round(time.perf_counter() - t0, 2),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_worker_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
         "config": to_dict(cfg),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2, ensure_ascii=False), encoding="utf-8")
