@@ -57,14 +57,15 @@ def _pick(path, records, wanted: str | None, candidates: tuple[str, ...], what: 
     return None
 
 
-def _text(path, lineno, record, field, what) -> str:
+def text_field(where: str, record: dict, field: str, what: str = "") -> str:
+    """record[field] as text ("" for null); a FatalError naming `where` (file:line) if missing or not text."""
     if field not in record:
-        raise FatalError(f"{path}:{lineno}: missing field '{field}' ({what})")
+        raise FatalError(f"{where}: missing field '{field}'" + (f" ({what})" if what else ""))
     value = record[field]
     if value is None:
         return ""
     if not isinstance(value, str):
-        raise FatalError(f"{path}:{lineno}: field '{field}' must be text, got {type(value).__name__}")
+        raise FatalError(f"{where}: field '{field}' must be text, got {type(value).__name__}")
     return value
 
 
@@ -92,8 +93,8 @@ def load_references(path, ref_field=None, id_field=None, findings_field=None) ->
     ids = _ids(path, records, idf)
     refs = []
     for k, ((lineno, rec), rid) in enumerate(zip(records, ids)):
-        findings = _text(path, lineno, rec, ff, "findings") if ff else ""
-        refs.append(Reference(rid if rid is not None else str(k), _text(path, lineno, rec, tf, "reference text"), findings))
+        findings = text_field(f"{path}:{lineno}", rec, ff, "findings") if ff else ""
+        refs.append(Reference(rid if rid is not None else str(k), text_field(f"{path}:{lineno}", rec, tf, "reference text"), findings))
     return refs, idf is not None
 
 
@@ -102,7 +103,7 @@ def load_predictions(path, pred_field=None, id_field=None) -> tuple[list[tuple[s
     idf = _pick(path, records, id_field, ID_FIELDS, "id", required=False)
     tf = _pick(path, records, pred_field, PRED_FIELDS, "prediction text")
     ids = _ids(path, records, idf)
-    return [(pid, _text(path, lineno, rec, tf, "prediction text")) for (lineno, rec), pid in zip(records, ids)], idf is not None
+    return [(pid, text_field(f"{path}:{lineno}", rec, tf, "prediction text")) for (lineno, rec), pid in zip(records, ids)], idf is not None
 
 
 def align(refs: list[Reference], refs_have_ids: bool, preds, preds_have_ids: bool, name: str, path) -> list[str]:

@@ -37,6 +37,7 @@ import sys
 from pathlib import Path
 
 from radgpt.errors import FatalError
+from radgpt.evaluate.io import text_field
 
 _CSV_VALUE = {"positive": "1", "negative": "0", "uncertain": "-1", "not_mentioned": ""}
 
@@ -168,17 +169,6 @@ def _join(parts: list[str]) -> str:
     return ". ".join(p.strip().rstrip(".") for p in parts if p and p.strip())
 
 
-def _value(where: str, rec: dict, field: str) -> str:
-    if field not in rec:
-        raise FatalError(f"{where}: missing field '{field}'")
-    value = rec[field]
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise FatalError(f"{where}: field '{field}' must be text, got {type(value).__name__}")
-    return value
-
-
 def run(args: argparse.Namespace) -> int:
     from radgpt.evaluate.labeler import SCHEMES, label
     from radgpt.reports.sections import parse_report
@@ -202,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
 
     rows, unsplit, left_out = [], [], 0
     for k, (where, rec) in enumerate(records):
-        text = _join([_value(where, rec, f) for f in fields])
+        text = _join([text_field(where, rec, f) for f in fields])
         if whole and text:
             parsed = parse_report(text)
             body = [parsed.findings, parsed.impression]

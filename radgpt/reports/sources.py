@@ -389,6 +389,11 @@ def _decode_cells(cells: list[str], encoding: str) -> tuple[list[str] | None, st
     return None, f"byte 0x{byte:02x} is not {'utf-8 or cp1252' if encoding == 'auto' else encoding}"
 
 
+def _as_latin1(cell: str, encoding: str) -> str:
+    """An undecodable cell's bytes as latin-1 text, so skipped.jsonl keeps every byte the user gave."""
+    return cell.encode("utf-8" if encoding == "auto" else encoding, "surrogateescape").decode("latin-1")
+
+
 def _open_table(path: Path, encoding: str) -> tuple[io.TextIOBase, str] | Problem:
     try:
         f = open(path, "rb")
@@ -437,15 +442,15 @@ def _iter_rows(path: Path, encoding: str = "auto") -> Iterator[tuple[str, dict |
     """Yield (origin, row-dict or Problem) for CSV/TSV/JSONL/JSON. Origins name the file and the row's first
     line; a row that cannot be decoded or split is a Problem and the rows after it are still read."""
     name = path.name.lower()
-    if name.endswith((".csv", ".tsv", ".tab")):
-        yield from _csv_rows(path, encoding)
-        return
     opened = _open_table(path, encoding)
     if isinstance(opened, Problem):
         yield str(path), opened
         return
     fh, enc = opened
     with fh:
+        if name.endswith((".csv", ".tsv", ".tab")):
+            yield from _csv_rows(path, fh, enc)
+            return
         if name.endswith(".json"):
             text, why = _decode_cells([fh.read()], enc)
             if text is None:
@@ -468,7 +473,7 @@ def _iter_rows(path: Path, encoding: str = "auto") -> Iterator[tuple[str, dict |
             origin = f"{path}:{i}"
             decoded, why = _decode_cells([line], enc)
             if decoded is None:
-                yield origin, Problem(origin, f"line {i}: {why}", {"line_latin1": line.encode("utf-8" if enc == "auto" else enc, "surrogateescape").decode("latin-1").rstrip("\r\n")})
+                yield origin, Problem(origin, f"line {i}: {why}", {"line_latin1": _as_latin1(line, enc).rstrip("\r\n")})
                 continue
             try:
                 row = json.loads(decoded[0])
@@ -486,54 +491,47 @@ def _iter_rows(path: Path, encoding: str = "auto") -> Iterator[tuple[str, dict |
 _DECODE_NOTE = "\x00decoded"  # carried in a row dict to the record's notes; no real column has this name
 
 
-def _csv_rows(path: Path, encoding: str) -> Iterator[tuple[str, dict | Problem]]:
-    opened = _open_table(path, encoding)
-    if isinstance(opened, Problem):
-        yield str(path), opened
+def _csv_rows(path: Path, fh: io.TextIOBase, enc: str) -> Iterator[tuple[str, dict | Problem]]:
+    first = fh.readline()
+    reader = csv.reader(itertools.chain([first], fh), delimiter=_delimiter(first, path))
+    try:
+        header = next(reader, None)
+    except csv.Error as e:
+        yield str(path), Problem(str(path), f"header row is not valid CSV ({e})")
         return
-    fh, enc = opened
-    with fh:
-        first = fh.readline()
-        reader = csv.reader(itertools.chain([first], fh), delimiter=_delimiter(first, path))
+    header, _ = _decode_cells(header or [], enc)
+    if not header or not any(h.strip() for h in header):
+        yield str(path), Problem(str(path), "no header row")
+        return
+    header = [h.strip().lstrip("\ufeff") for h in header]
+    last_line = reader.line_num
+    while True:
+        start = last_line + 1  # the row's first line (a quoted field can span several)
+        origin = f"{path}:{start}"
         try:
-            header = next(reader, None)
+            row = next(reader)
+        except StopIteration:
+            return
         except csv.Error as e:
-            yield str(path), Problem(str(path), f"header row is not valid CSV ({e})")
+            yield origin, Problem(origin, f"line {start}: not valid CSV ({e}); rows after it not read")
             return
-        header, _ = _decode_cells(header or [], enc)
-        if not header or not any(h.strip() for h in header):
-            yield str(path), Problem(str(path), "no header row")
-            return
-        header = [h.strip().lstrip("\ufeff") for h in header]
         last_line = reader.line_num
-        while True:
-            start = last_line + 1  # the row's first line (a quoted field can span several)
-            origin = f"{path}:{start}"
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as e:
-                yield origin, Problem(origin, f"line {start}: not valid CSV ({e}); rows after it not read")
-                return
-            last_line = reader.line_num
-            cells, why = _decode_cells(row, enc)
-            if cells is None:
-                yield origin, Problem(origin, f"line {start}: {why}; pass encoding=NAME if the whole file has one",
-                                      {"row_latin1": [c.encode("utf-8" if enc == "auto" else enc, "surrogateescape").decode("latin-1")
-                                                      for c in row]})
-                continue
-            if not any(c.strip() for c in cells):
-                yield origin, Problem(origin, f"line {start}: empty row", {"row": cells})
-                continue
-            if len(cells) != len(header):
-                yield origin, Problem(origin, f"line {start}: row has {len(cells)} fields, header has {len(header)}",
-                                      {"row": cells})
-                continue
-            out = dict(zip(header, cells))
-            if why:
-                out[_DECODE_NOTE] = f"line {start}: {why}"
-            yield origin, out
+        cells, why = _decode_cells(row, enc)
+        if cells is None:
+            yield origin, Problem(origin, f"line {start}: {why}; pass encoding=NAME if the whole file has one",
+                                  {"row_latin1": [_as_latin1(c, enc) for c in row]})
+            continue
+        if not any(c.strip() for c in cells):
+            yield origin, Problem(origin, f"line {start}: empty row", {"row": cells})
+            continue
+        if len(cells) != len(header):
+            yield origin, Problem(origin, f"line {start}: row has {len(cells)} fields, header has {len(header)}",
+                                  {"row": cells})
+            continue
+        out = dict(zip(header, cells))
+        if why:
+            out[_DECODE_NOTE] = f"line {start}: {why}"
+        yield origin, out
 
 
 def _norm_name(name: str) -> str:
