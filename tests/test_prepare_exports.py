@@ -236,3 +236,24 @@ def test_export_column_names_are_detected(tmp_path, header, found):
     f = tmp_path / "x.csv"
     f.write_text(header + "\n")
     assert table_columns(f, ReadOptions()) == found
+
+
+def test_excel_export(tmp_path):
+    import openpyxl
+
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.append(["Accession Number", "MRN", "Exam Date", "Report Text"])
+    ws.append([1001.0, 555001, "2024-01-02", "FINDINGS:\nLungs clear.\n\nIMPRESSION:\nNormal._x000D_"])
+    ws.append([None, None, None, None])
+    ws.append([1002.0, 555001, "2024-02-02", "Findings: Small left effusion.\nImpression: Left effusion."])
+    ws.append([1003.0, 555002, "2024-02-03", "Findings: Clear.\nImpression: Normal.", "stray"])
+    wb.save(tmp_path / "export.xlsx")
+    out = tmp_path / "out"
+    assert _run(tmp_path / "export.xlsx", "--out", out) == 0
+    recs = _records(out)
+    assert (recs["1001"]["findings"], recs["1001"]["impression"], recs["1001"]["patient_id"]) == (
+        "Lungs clear.", "Normal.", "555001")
+    assert recs["1002"]["impression"] == "Left effusion."
+    skipped = {x["origin"].rsplit("!", 1)[1]: x["reason"] for x in _jsonl(out / "skipped.jsonl")}
+    assert skipped == {"row 3": "row 3: empty row", "row 5": "row 5: values beyond the header's 4 columns"}

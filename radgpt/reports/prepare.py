@@ -513,7 +513,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.epilog = _help_epilog()
     p.add_argument("inputs", nargs="*", metavar="PATH|key=value",
-                   help="report files or folders (MIMIC tree/zip, OpenI XML/tgz, CSV/TSV, JSONL, .txt); "
+                   help="report files or folders (MIMIC tree/zip, OpenI XML/tgz, CSV/TSV, Excel .xlsx, JSONL, .txt); "
                         "items of the form key=value are config overrides, e.g. split.seed=7 columns.text=ReportText")
     p.add_argument("--out", help="output folder (default out/prepared)")
     p.add_argument("--force", action="store_true", help="replace what an earlier prepare wrote into --out")

@@ -6,7 +6,7 @@ anything it cannot read (named file, line/row and reason) — a reader never rai
 | `mimic`     | MIMIC-CXR `files/pNN/pNNNNNNNN/sNNNNNNNN.txt` tree, or `mimic-cxr-reports.zip` |
 | `openi-xml` | OpenI ecgen-radiology XML files: a folder, or the `.tgz`                     |
 | `iu-csv`    | the IU chest X-ray Kaggle CSV (`uid, MeSH, Problems, ..., findings, impression`) |
-| `table`     | JSONL / JSON / CSV with a column mapping (clin-summ, MEDIQA, in-house exports) |
+| `table`     | JSONL / JSON / CSV / TSV / .xlsx, columns detected or mapped (clin-summ, MEDIQA, RIS exports) |
 | `text`      | free-text reports, one per `.txt` file (in-house), parsed into sections      |
 """
 
@@ -129,8 +129,10 @@ def detect_source(path: Path) -> str:
         except UnicodeDecodeError:
             return "table"  # the reader reports the encoding problem with its position
         return "iu-csv" if IU_CSV_COLUMNS <= header and "MeSH" in header else "table"
-    if name.endswith((".jsonl", ".json", ".ndjson")):
+    if name.endswith((".jsonl", ".json", ".ndjson", ".tsv", ".tab", ".xlsx", ".xlsm")):
         return "table"
+    if name.endswith(".xls"):
+        raise FatalError(f"{path}: the old binary Excel format (.xls) is not read; save it as .xlsx or CSV")
     if name.endswith(".txt"):
         return "text"
     raise FatalError(
@@ -442,6 +444,9 @@ def _iter_rows(path: Path, encoding: str = "auto") -> Iterator[tuple[str, dict |
     """Yield (origin, row-dict or Problem) for CSV/TSV/JSONL/JSON. Origins name the file and the row's first
     line; a row that cannot be decoded or split is a Problem and the rows after it are still read."""
     name = path.name.lower()
+    if name.endswith((".xlsx", ".xlsm")):
+        yield from _xlsx_rows(path)
+        return
     opened = _open_table(path, encoding)
     if isinstance(opened, Problem):
         yield str(path), opened
@@ -534,6 +539,56 @@ def _csv_rows(path: Path, fh: io.TextIOBase, enc: str) -> Iterator[tuple[str, di
         yield origin, out
 
 
+def _xlsx_value(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float) and v.is_integer():
+        return str(int(v))  # an MRN or accession typed as a number: 1234567.0 → "1234567"
+    if hasattr(v, "isoformat"):
+        return v.isoformat()
+    # Excel writes a carriage return inside a cell as _x000D_
+    return str(v).replace("_x000D_", "")
+
+
+def _xlsx_rows(path: Path) -> Iterator[tuple[str, dict | Problem]]:
+    """The first sheet of an Excel workbook, streamed (openpyxl read-only); origins are `file:sheet!row N`."""
+    try:
+        import openpyxl
+    except ImportError:
+        yield str(path), Problem(str(path), "reading .xlsx needs the openpyxl package (pip install openpyxl)")
+        return
+    try:
+        wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
+    except Exception as e:  # noqa: BLE001 — zip, XML and openpyxl's own errors all mean "not a workbook we can read"
+        yield str(path), Problem(str(path), f"not a readable .xlsx workbook ({type(e).__name__}: {e})")
+        return
+    try:
+        ws = wb.worksheets[0]
+        header: list[str] | None = None
+        for n, row in enumerate(ws.iter_rows(values_only=True), start=1):
+            cells = [_xlsx_value(v) for v in row]
+            origin = f"{path}:{ws.title}!row {n}"
+            if header is None:
+                if any(c.strip() for c in cells):
+                    header = [c.strip() for c in cells]
+                    while header and not header[-1]:
+                        header.pop()
+                continue
+            if not any(c.strip() for c in cells):
+                yield origin, Problem(origin, f"row {n}: empty row", {"row": cells})
+                continue
+            cells = (cells + [""] * len(header))[:max(len(header), len(cells))]
+            if any(c.strip() for c in cells[len(header):]):
+                yield origin, Problem(origin, f"row {n}: values beyond the header's {len(header)} columns",
+                                      {"row": cells})
+                continue
+            yield origin, dict(zip(header, cells))
+        if header is None:
+            yield str(path), Problem(str(path), "no header row (the first sheet is empty)")
+    finally:
+        wb.close()
+
+
 def _norm_name(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
@@ -570,7 +625,7 @@ def resolve_columns(keys: list[str], cm: ColumnMap, origin: str) -> dict[str, st
 
 
 def table_header(path: Path, encoding: str = "auto") -> list[str] | Problem:
-    """A table's column names: the CSV header, or the keys of the first JSON/JSONL record."""
+    """A table's column names: the CSV header, or the keys of the first JSON/JSONL record or .xlsx row."""
     if path.name.lower().endswith((".csv", ".tsv", ".tab")):
         return _csv_header(path, encoding)
     for _, row in _iter_rows(path, encoding):
