@@ -360,6 +360,7 @@ def _is_addendum(block: list[str]) -> bool:
     return "ADDENDUM" in head
 
 
+_MIMIC_TITLE = re.compile(r"^[ \t]*final report[ \t]*$", re.MULTILINE)
 _MARKUP_BREAK = re.compile(r"<(?:br|p|div|li|tr)\b[^>]{0,200}>|</(?:p|div|li|tr)>", re.IGNORECASE)
 _MARKUP_TAG = re.compile(r"</?[A-Za-z][^<>]{0,200}>")
 
@@ -367,12 +368,14 @@ _MARKUP_TAG = re.compile(r"</?[A-Za-z][^<>]{0,200}>")
 def _unflatten(text: str) -> tuple[str, str]:
     """Line breaks that an export wrote as something else: HTML (`<br>`, `<p>`), HL7 v2's `\\.br\\`, or escaped
     `\\n` in a cell with no real line break. Returns (text, note) — note empty when nothing was changed."""
+    if "\n" in text:
+        return text, ""  # real line breaks: a stray "<BR>" (OpenI has some) is text, kept verbatim
     if "<" in text and _MARKUP_BREAK.search(text):
         text = _MARKUP_TAG.sub("", _MARKUP_BREAK.sub("\n", text))
         return html.unescape(text), "HTML line breaks and tags read as text lines"
     if "\\.br\\" in text:
         return text.replace("\\.br\\", "\n"), "HL7 \\.br\\ escapes read as line breaks"
-    if "\n" not in text and ("\\n" in text or "\\r" in text):
+    if "\\n" in text or "\\r" in text:
         return text.replace("\\r\\n", "\n").replace("\\n", "\n").replace("\\r", "\n"), "escaped \\n read as line breaks"
     return text, ""
 
@@ -403,7 +406,7 @@ def parse_report(text: str, phi_token: str = DEFAULT_PHI_TOKEN) -> ParsedReport:
         else:
             lines = [x for b in blocks for x in b + [""]]
 
-    low_text = text.lower().replace("final report", "")  # MIMIC-CXR's title is no cue
+    low_text = _MIMIC_TITLE.sub("", text.lower())  # MIMIC-CXR's centred title is no cue
     break_cues = _has(low_text, _BREAK_WORDS)
     lines = [part for line in lines for part in _split_inline_headers(line, break_cues)]
     preamble, segments = _segment(lines, low_text)
