@@ -20,7 +20,7 @@ def test_importing_the_registry_loads_nothing_heavy():
     code = ("import sys, radgpt.evaluate, radgpt.evaluate.metrics, radgpt.evaluate.labeler; "
             "heavy = [m for m in ('torch', 'transformers', 'rouge_score', 'sacrebleu', 'matplotlib') if m in sys.modules]; "
             "print(heavy); sys.exit(bool(heavy))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -90,8 +90,38 @@ def test_clinical_f1_golden():
     assert agg["clinical_f1_pos_micro"] == pytest.approx(100 * 2 / (2 + 1 + 1))
     # with status: cardiomegaly mentioned by both but disagreeing counts as FP and FN
     assert agg["clinical_f1_micro"] == pytest.approx(100 * 2 / (2 + 2 + 1))
-    # macro over labels seen anywhere: effusion 1.0, cardiomegaly 0, No Finding 0
+    # two reports: no label has 5 reference positives, so the macro falls back to every label seen
+    # (effusion 1.0, cardiomegaly 0, No Finding 0) and says so
     assert agg["clinical_f1_pos_macro"] == pytest.approx(100 / 3)
+    results, _ = metrics.compute_results(refs, hyps, ["clinical"])
+    assert "no label has 5 reference positives" in results["clinical_f1_pos_macro"].note
+
+
+def test_a_label_with_one_positive_is_left_out_of_the_macro():
+    refs = ["Small left pleural effusion."] * 5 + ["Cardiomegaly."]
+    hyps = ["Left pleural effusion."] * 5 + ["No acute disease."]
+    results, _ = metrics.compute_results(refs, hyps, ["clinical"])
+    macro = results["clinical_f1_pos_macro"]
+    # effusion (5 positives, all found) is the only label in the macro; cardiomegaly (1 positive, F1 0) and
+    # No Finding (0 positives, 1 false positive) are left out — they used to pull it to 33.3
+    assert macro.aggregate == pytest.approx(100.0)
+    assert "macro over the 1 labels with at least 5 reference positives" in macro.note
+    assert "Cardiomegaly" in macro.note and "No Finding" in macro.note
+    # the micro average still counts every label
+    assert results["clinical_f1_pos_micro"].aggregate == pytest.approx(100 * 10 / (10 + 1 + 1))
+    # the bootstrap averages the same labels in every resample
+    from radgpt.evaluate import stats
+
+    lo, hi = stats.bootstrap_ci(macro, stats.bootstrap_counts(6, 100, 0))
+    assert lo == pytest.approx(100.0) and hi == pytest.approx(100.0)
+
+
+def test_an_exact_three_word_match_scores_100_bleu_per_sample():
+    out = metrics.compute(["No acute disease", "Normal chest."], ["No acute disease", "Normal chest."], ["bleu"])
+    for name in ("bleu", "bleu_hf"):
+        assert out["per_sample"][name] == [100.0, 100.0], name  # not 0.0, and never 100.00000000000004
+    exact = metrics.compute([REF], [REF], ["bleu"])
+    assert exact["per_sample"]["bleu"] == [100.0] and exact["aggregate"]["bleu"] == 100.0
 
 
 def test_empty_predictions_score_zero_and_are_counted():

