@@ -99,7 +99,27 @@ class TransformersBackend(Backend):
         self.loaded = loaded
 
     @classmethod
-    def from_model(cls, model, tokenizer, autocast=None) -> "TransformersBackend":
+    def from_base(cls, base: str, device: str = "cpu", dtype: str = "fp32", threads: int = 0
+                  ) -> TransformersBackend:
+        """A base model with no adapter (`packaged:NAME`, an HF folder, a GGUF file; models.resolve_base)."""
+        import torch
+
+        from radgpt.models import load_base_model, load_tokenizer, pick_dtype, quiet_transformers
+
+        if threads:
+            torch.set_num_threads(threads)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        quiet_transformers()
+        model = load_base_model(base, device=device)
+        model.eval()
+        dt = pick_dtype(dtype, device)
+        be = cls.__new__(cls)
+        be._setup(model, load_tokenizer(base), None if dt == torch.float32 else dt)
+        return be
+
+    @classmethod
+    def from_model(cls, model, tokenizer, autocast=None) -> TransformersBackend:
         """Wrap a model already in memory (finetune's validation decodes the model it just trained)."""
         be = cls.__new__(cls)
         be._setup(model, tokenizer, autocast)

@@ -7,6 +7,7 @@
     radgpt impress reports.csv --column findings --out out.jsonl
     radgpt impress reports.jsonl --model runs/my-run --backend transformers --preset paper-demo
     radgpt impress reports.jsonl --model baseline:nearest         # baselines answer through the same interface
+    radgpt impress reports.jsonl --model packaged:smollm2-135m-instruct --shots 3   # the base model, 3-shot
     radgpt impress reports.jsonl --endpoint http://127.0.0.1:8000/v1 --model radgpt   # vLLM, llama.cpp, ...
 
 A model is an `ImpressionModel`: `impress(findings_list, decoding, similar=3) -> [Impression]`, each with
@@ -15,6 +16,11 @@ into the prompt when the run was trained with them) and token counts. Kinds, via
   a run folder            finetune's output (base + PEFT adapter + prompt template + retrieval cases);
                           backend auto = CTranslate2 int8 when `radgpt export` made one, else transformers
   an export folder        `radgpt export`'s CTranslate2 folder (self-describing: template and cases inside)
+  a base model            packaged:smollm2-135m-instruct, a Hugging Face model folder, or a .gguf file: the
+                          general instruction model with no adapter, prompted with the paper's instruction in
+                          its own chat template, zero-shot (default) or with --shots k retrieved examples
+                          (from --cases, default the bundled OpenI train file); backend auto = its CTranslate2
+                          copy when `--backend ct2` made one, else transformers
   baseline:NAME           normal | nearest | last-sentence (radgpt/baselines.py)
   NAME with --endpoint    a model behind any OpenAI-compatible server
 Each output line carries provenance: model, backend, adapter sha256, prompt template, decoding, the
@@ -34,7 +40,7 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from radgpt.errors import FatalError
@@ -99,7 +105,8 @@ def finish(findings: str, text: str, hits: list, repair: bool) -> tuple[str, lis
     finding the findings do not state are dropped and a stated critical or major finding the model left out
     is added in the findings' own words (radgpt.evaluate.faithfulness.repair); the flags are those of the
     final text, checked against the findings and the prior cases retrieved for it. On OpenI validate it took missed-abnormal from 35% to 11% (transformers; README)."""
-    from radgpt.evaluate.faithfulness import consistency_flags, repair as repair_text
+    from radgpt.evaluate.faithfulness import consistency_flags
+    from radgpt.evaluate.faithfulness import repair as repair_text
 
     repairs: list[dict] = []
     if repair:
@@ -292,6 +299,16 @@ class LMModel(ImpressionModel):
                 "prompt_template": self.template.name, "instruction": self.instruction, "shots": self.shots}
 
 
+class BaseLMModel(LMModel):
+    """A general instruction model with no radgpt adapter (the paper's comparison): the paper's instruction in
+    the model's own chat template, zero-shot or with `shots` retrieved examples as earlier turns."""
+
+    kind = "base"
+
+    def provenance(self) -> dict:
+        return {**super().provenance(), "prompting": f"{self.shots}-shot" if self.shots else "zero-shot"}
+
+
 def _find_model_dir(spec: str | None) -> Path:
     if spec is None:
         for cand in (Path(DEFAULT_MODEL), REPO / DEFAULT_MODEL):
@@ -301,7 +318,8 @@ def _find_model_dir(spec: str | None) -> Path:
                          "(a finetune run), an export folder, or baseline:nearest")
     p = Path(spec).expanduser()
     if not p.is_dir():
-        raise FatalError(f"{spec}: model folder not found (a finetune run folder, a radgpt export folder, "
+        raise FatalError(f"{spec}: model folder not found (a finetune run folder, a radgpt export folder, a base "
+                         "model: packaged:smollm2-135m-instruct, a Hugging Face folder or a .gguf file; "
                          "baseline:normal|nearest|last-sentence, or a name with --endpoint)")
     return p
 
@@ -371,6 +389,11 @@ def load_model(spec: str | None = None, backend: str = "auto", device: str = "cp
         source = {"endpoint": endpoint, "adapter_sha256": adapter_hash(run) if run else None}
         return LMModel(be, PromptTemplate.load(template or "alpaca"), instruction or PAPER_INSTRUCTION,
                        spec or "radgpt", index, shots or 0, source)
+    from radgpt.models import is_base_spec
+
+    if spec and is_base_spec(spec):
+        return _load_base(spec, backend, device, cases, template, instruction or PAPER_INSTRUCTION, shots or 0,
+                          threads, dtype, batch, log)
     folder = _find_model_dir(spec)
     cfg = yaml.safe_load((folder / "config.yaml").read_text()) if (folder / "config.yaml").exists() else {}
     data = cfg.get("data") or {}
@@ -415,6 +438,45 @@ def load_model(spec: str | None = None, backend: str = "auto", device: str = "cp
             be = TransformersBackend(folder, device=device, dtype=dtype, threads=threads)
     name = folder.resolve().name
     return LMModel(be, tmpl, instr, name, index, k, source)
+
+
+def _load_base(spec: str, backend: str, device: str, cases: str | None, template: str | None, instruction: str,
+               shots: int, threads: int, dtype: str, batch: bool, log) -> BaseLMModel:
+    """A base model (radgpt.models.is_base_spec) on the backend asked for. auto: its CTranslate2 copy when
+    `--backend ct2` made one, else transformers. ct2 / llama.cpp make that copy once (radgpt.models.base_engine)."""
+    from radgpt.backends import CT2Backend, LlamaCppBackend, TransformersBackend
+    from radgpt.models import base_engine, base_name, resolve_base
+    from radgpt.prompts import ChatTemplate, PromptTemplate
+    from radgpt.retrieval import CaseIndex
+
+    if backend not in BACKENDS:
+        raise FatalError(f"unknown backend '{backend}' ({', '.join(BACKENDS)})")
+    index = CaseIndex(load_cases(cases or _default_cases()))  # shots, and the similar cases shown with each
+    if backend == "auto":
+        folder = base_engine(spec, "ct2", make=False)
+        backend = "ct2" if folder is not None else "transformers"
+        if folder is None and batch:
+            log(f"{spec}: a base model on transformers; --backend ct2 converts it once and runs several "
+                "times faster")
+    if backend == "transformers":
+        be = TransformersBackend.from_base(spec, device=device, dtype=dtype, threads=threads)
+    elif backend == "ct2":
+        be = CT2Backend(base_engine(spec, "ct2", log=log), device=device, threads=threads,
+                        inter_threads=2 if batch else 1)
+    else:
+        be = LlamaCppBackend(base_engine(spec, "llama.cpp", log=log), threads=threads, parallel=2 if batch else 1)
+    if template:
+        tmpl = PromptTemplate.load(template)
+    elif getattr(be.tokenizer, "chat_template", None):
+        tmpl = ChatTemplate(be.tokenizer)
+    else:  # a plain (not chat-tuned) model: radgpt's alpaca template
+        log(f"{spec}: the tokenizer has no chat template; prompting with the alpaca template")
+        tmpl = PromptTemplate.load("alpaca")
+    path = resolve_base(spec)
+    source = {"model_path": path, "base": spec, "adapter_sha256": None}
+    if isinstance(tmpl, ChatTemplate):
+        source["chat_template_sha256"] = tmpl.sha256
+    return BaseLMModel(be, tmpl, instruction, base_name(spec), index, shots, source)
 
 
 def _default_cases() -> str:
@@ -552,8 +614,10 @@ def read_inputs(inputs: list[str], fmt: str, field: str | None, column: str | No
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="*", metavar="FINDINGS|FILE|-",
                    help="findings text, a .txt (one per line) / .jsonl / .csv file, or - for stdin")
-    p.add_argument("--model", help=f"run folder, export folder, baseline:normal|nearest|last-sentence, or the "
-                   f"model name at --endpoint (default: {DEFAULT_MODEL})")
+    p.add_argument("--model", help="run folder, export folder, a base model with no adapter "
+                   "(packaged:smollm2-135m-instruct, a Hugging Face folder, a .gguf file; zero-shot unless --shots), "
+                   f"baseline:normal|nearest|last-sentence, or the model name at --endpoint (default: {DEFAULT_MODEL})")
+
     p.add_argument("--backend", default="auto", choices=list(BACKENDS),
                    help="auto: the CTranslate2 export of this run if `radgpt export` made one (fastest for "
                         "batches), else its GGUF export (llama.cpp: fastest single impressions), else transformers")
@@ -562,12 +626,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", help="key for --endpoint (or env RADGPT_ENDPOINT_KEY / OPENAI_API_KEY)")
     p.add_argument("--preset", default="greedy", choices=sorted(PRESETS), help="decoding preset (default greedy)")
     p.add_argument("--max-new-tokens", type=int, help="override the preset's max new tokens")
-    p.add_argument("--shots", type=int, help="retrieved examples in each prompt (default: what the run trained with)")
+    p.add_argument("--shots", type=int, help="retrieved examples in each prompt (default: what the run trained with; "
+                   "0 for a base model)")
     p.add_argument("--similar", type=int, default=3, help="similar prior cases returned with each impression")
     p.add_argument("--no-repair", action="store_true",
                    help="the model's text as generated: no removal of sentences stating findings the findings do "
                         "not state, no adding of a stated critical/major finding it left out (flags still shown)")
-    p.add_argument("--cases", help="JSONL of prior cases for retrieval (default: the run's own)")
+    p.add_argument("--cases", help="JSONL of prior cases for retrieval (default: the run's own; for a base model the "
+                   f"bundled {DEFAULT_CASES})")
     p.add_argument("--template", help="prompt template (default: the run's own); with --endpoint, the run folder "
                    "whose adapter the endpoint serves (its template, instruction, shots, cases), or a template name")
     p.add_argument("--input-format", default="auto", choices=["auto", "txt", "jsonl", "csv"])

@@ -90,6 +90,100 @@ def resolve_base(spec: str) -> str:
     return spec  # a hub id: works when the user has internet or a warm HF cache
 
 
+def is_base_spec(spec: str) -> bool:
+    """A plain base model rather than a radgpt run/export folder: `packaged:NAME`, a .gguf file, or a Hugging
+    Face model folder (config.json, no radgpt config.yaml, no engine file)."""
+    if spec.startswith("packaged:"):
+        return True
+    p = Path(spec).expanduser()
+    if p.suffix.lower() == ".gguf":
+        return True
+    return (p.is_dir() and (p / "config.json").exists() and not (p / "config.yaml").exists()
+            and not any((p / n).exists() for n in ("model.bin", "model.gguf")))
+
+
+def base_name(spec: str) -> str:
+    """A short name for a base model: the packaged name, the GGUF file's stem, the folder's name."""
+    if spec.startswith("packaged:"):
+        return spec.split(":", 1)[1]
+    p = Path(spec).expanduser()
+    if p.suffix.lower() == ".gguf":
+        return p.stem
+    return p.resolve().name if p.exists() else spec
+
+
+def base_source_gguf(spec: str) -> Path | None:
+    """The GGUF file a base spec comes from (packaged or a .gguf path), else None."""
+    if spec.startswith("packaged:"):
+        return packaged_gguf(spec.split(":", 1)[1])
+    p = Path(spec).expanduser()
+    if p.suffix.lower() == ".gguf":
+        if not p.is_file():
+            raise FatalError(f"{p}: GGUF file not found")
+        return p
+    return None
+
+
+def _files_key(*paths: Path) -> str:
+    """Changes when any of these files (or, for a folder, its top-level files) change."""
+    parts = []
+    for path in paths:
+        files = sorted(f for f in path.iterdir() if f.is_file()) if path.is_dir() else [path]
+        parts += [f"{f.resolve()}:{f.stat().st_size}:{int(f.stat().st_mtime)}" for f in files]
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:12]
+
+
+def base_engine(spec: str, engine: str, quantization: str = "int8", make: bool = True, log=print) -> Path | None:
+    """A base model for a fast engine, made once into the radgpt cache (None when `make` is off and there is
+    none yet). engine "ct2": the HF weights converted by CTranslate2 (`quantization`, int8 by default) — the
+    engine radgpt's own exports use. engine "llama.cpp": the GGUF file itself, as it is (quantization ignored:
+    the packaged model runs as its shipped Q4_1); an HF folder has no GGUF, so it is refused.
+    The folder also holds the tokenizer (radgpt counts and decodes tokens with it) and radgpt_export.json."""
+    import shutil
+    from datetime import UTC, datetime
+
+    gguf = base_source_gguf(spec)
+    if engine == "llama.cpp":
+        if gguf is None:
+            raise FatalError(f"{spec}: --backend llama.cpp runs a base model from its GGUF file; this is a Hugging "
+                             "Face folder: use --backend ct2 or transformers (or pass a .gguf)")
+        src, quant, key = gguf, "gguf", _files_key(gguf)
+    elif engine == "ct2":
+        src, quant = None, quantization
+        key = _files_key(gguf) if gguf is not None else _files_key(Path(resolve_base(spec)))
+    else:
+        raise FatalError(f"unknown engine '{engine}' (ct2, llama.cpp)")
+    folder = cache_dir() / "exports" / f"base-{base_name(spec)}-{quant}-{key}"
+    if (folder / "radgpt_export.json").exists():
+        return folder
+    if not make:
+        return None
+    hf = Path(resolve_base(spec))
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    log(f"{spec}: making a {engine} copy of the base model (once, into {folder.parent}) ...")
+    quiet_transformers()
+    if engine == "ct2":
+        from ctranslate2.converters import TransformersConverter
+
+        TransformersConverter(str(hf), low_cpu_mem_usage=True).convert(str(tmp), quantization=quant, force=True)
+    else:
+        tmp.mkdir(parents=True)
+        (tmp / "model.gguf").symlink_to(src.resolve())
+    for f in hf.iterdir():  # the tokenizer, chat template and generation config
+        if f.is_file() and f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges", "added_tokens",
+                                              "chat_template", "generation_config")):
+            shutil.copy2(f, tmp / f.name)
+    (tmp / "radgpt_export.json").write_text(json.dumps({
+        "base": spec, "base_model_path": str(hf), "adapter_sha256": None, "quantization": quant,
+        "format": "gguf" if engine == "llama.cpp" else "ctranslate2",
+        "created": datetime.now(UTC).isoformat(timespec="seconds")}, indent=2))
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    return folder
+
+
 def pick_dtype(name: str, device: str):
     """'auto' → bf16 where the hardware has it (recent x86 CPUs, Ampere+ GPUs), else fp32."""
     import torch
@@ -152,8 +246,8 @@ def load_base_model(base: str, quantization: str = "", device: str = "cpu", torc
             raise FatalError(f"model.quantization={quantization} (QLoRA, bitsandbytes) needs a CUDA GPU; "
                              "on CPU leave it empty")
         try:
-            from transformers import BitsAndBytesConfig
             import bitsandbytes  # noqa: F401
+            from transformers import BitsAndBytesConfig
         except ImportError:
             raise FatalError("model.quantization needs bitsandbytes: pip install bitsandbytes") from None
         if quantization == "4bit":

@@ -58,7 +58,7 @@ class PromptTemplate:
     clean_placeholders: bool = False
 
     @classmethod
-    def load(cls, name_or_path: str | Path) -> "PromptTemplate":
+    def load(cls, name_or_path: str | Path) -> PromptTemplate:
         """A built-in name (alpaca, chatml, plain), a template JSON file, or a run folder."""
         p = Path(name_or_path)
         if p.is_dir():
@@ -104,3 +104,41 @@ class PromptTemplate:
         path = Path(folder) / TEMPLATE_FILE
         path.write_text(json.dumps(asdict(self), indent=2, ensure_ascii=False), encoding="utf-8")
         return path
+
+
+class ChatTemplate:
+    """A base model's own chat template (its tokenizer's `apply_chat_template`), with PromptTemplate's
+    `render(instruction, input, examples)`: for a general instruction model compared zero- or few-shot.
+
+    Each turn is the paper's instruction and the findings; retrieved examples go before the query as earlier
+    user/assistant turns (findings → impression), so the model answers the last turn as it answered those.
+    Example impressions carry no de-identification placeholders ("XXXX"), as shown to users."""
+
+    name = "chat-template"
+    clean_placeholders = True
+
+    def __init__(self, tokenizer):
+        if not getattr(tokenizer, "chat_template", None):
+            raise FatalError("the model's tokenizer has no chat template")
+        self.tokenizer = tokenizer
+
+    @property
+    def sha256(self) -> str:
+        import hashlib
+
+        return hashlib.sha256(str(self.tokenizer.chat_template).encode()).hexdigest()
+
+    @staticmethod
+    def turn(instruction: str, findings: str) -> str:
+        return f"{instruction}\n\nFindings: {_as_data(findings)}" if findings else instruction
+
+    def messages(self, instruction: str, input: str = "", examples: list[tuple[str, str]] | tuple = ()) -> list:
+        msgs = []
+        for f, i in examples:
+            msgs += [{"role": "user", "content": self.turn(instruction, f)},
+                     {"role": "assistant", "content": clean_placeholders(_as_data(i))}]
+        return msgs + [{"role": "user", "content": self.turn(instruction, input)}]
+
+    def render(self, instruction: str, input: str = "", examples: list[tuple[str, str]] | tuple = ()) -> str:
+        return self.tokenizer.apply_chat_template(self.messages(instruction, input, examples), tokenize=False,
+                                                  add_generation_prompt=True)

@@ -258,3 +258,134 @@ def test_identical_findings_are_decoded_once_and_streamed_to_each():
     sampled = Decoding(do_sample=True, temperature=0.7)
     model.generate(["a", "a"], sampled)
     assert be.calls[-1] == 2  # sampling: duplicates are independent draws
+
+
+# ---------------------------------------------------------------------------------------- base models (issue #15)
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_base(tmp_path_factory) -> Path:
+    """The tiny model as a plain Hugging Face folder with a ChatML chat template: a general instruction model."""
+    from transformers import AutoTokenizer
+
+    from tests.tiny_model import build_tiny_model
+
+    folder = build_tiny_model(tmp_path_factory.mktemp("base") / "tiny-chat")
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.chat_template = CHATML
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def few_cases(tmp_path) -> Path:
+    p = tmp_path / "cases.jsonl"
+    p.write_text("".join(TRAIN.read_text().splitlines(keepends=True)[:60]))
+    return p
+
+
+def test_base_model_zero_shot_is_the_papers_instruction_in_its_chat_template(tiny_chat_base, few_cases):
+    from radgpt.impress import BaseLMModel
+    from radgpt.reports.tasks import PAPER_INSTRUCTION
+
+    model = load_model(str(tiny_chat_base), backend="transformers", cases=str(few_cases))
+    assert isinstance(model, BaseLMModel) and model.shots == 0 and model.repair
+    prompts, hits, shot_ids = model.prepare([FINDINGS])
+    assert prompts[0] == (f"<|im_start|>user\n{PAPER_INSTRUCTION}\n\nFindings: {FINDINGS}<|im_end|>\n"
+                          "<|im_start|>assistant\n")
+    assert shot_ids == [[]] and len(hits[0]) == 3  # no examples in the prompt; similar cases still shown
+    res = model.impress([FINDINGS], Decoding(max_new_tokens=2), repair=False)
+    assert res[0].completion_tokens <= 2 and len(res[0].similar_cases) == 3
+    p = model.provenance()
+    assert p["kind"] == "base" and p["prompting"] == "zero-shot" and p["shots"] == 0
+    assert p["adapter_sha256"] is None and p["base"] == str(tiny_chat_base) and p["model"] == "tiny-chat"
+    assert p["prompt_template"] == "chat-template" and len(p["chat_template_sha256"]) == 64
+    assert p["instruction"] == PAPER_INSTRUCTION and p["backend"] == "transformers"
+
+
+def test_base_model_k_shot_puts_k_retrieved_cases_in_the_prompt(tiny_chat_base, few_cases):
+    from radgpt.prompts import clean_placeholders
+
+    model = load_model(str(tiny_chat_base), backend="transformers", cases=str(few_cases), shots=3)
+    prompts, hits, shot_ids = model.prepare([FINDINGS], similar=5)
+    prompt = prompts[0]
+    assert len(hits[0]) == 5 and len(shot_ids[0]) == 3
+    # the three most similar cases, as earlier turns, the most similar last (next to the query)
+    assert shot_ids[0] == [c.id for c, _ in reversed(hits[0][:3])]
+    assert prompt.count("<|im_start|>user\n") == 4 and prompt.count("<|im_start|>assistant\n") == 4
+    at = [prompt.index(f"Findings: {c.findings}") for c, _ in reversed(hits[0][:3])]
+    assert at == sorted(at) and prompt.rindex(f"Findings: {FINDINGS}") > at[-1]
+    for c, _ in hits[0][:3]:
+        assert f"<|im_start|>assistant\n{clean_placeholders(c.impression)}<|im_end|>" in prompt
+    assert model.provenance()["prompting"] == "3-shot"
+
+
+def test_base_model_folder_without_chat_template_uses_alpaca(tmp_path, few_cases):
+    from radgpt.reports.tasks import PAPER_INSTRUCTION
+    from tests.tiny_model import build_tiny_model
+
+    folder = build_tiny_model(tmp_path / "plain")
+    logs = []
+    model = load_model(str(folder), backend="transformers", cases=str(few_cases), log=logs.append)
+    assert model.template.name == "alpaca" and "no chat template" in logs[0]
+    prompt = model.prepare([FINDINGS])[0][0]
+    assert PAPER_INSTRUCTION in prompt and FINDINGS in prompt and "Similar prior" not in prompt
+
+
+def test_packaged_and_gguf_specs_load_as_base_models(tiny_chat_base, few_cases, monkeypatch, tmp_path):
+    """`packaged:NAME` and a .gguf path go through resolve_base's GGUF → HF conversion (stubbed here with the
+    tiny folder; tests/test_default_model.py and the slow test below load the real packaged weights)."""
+    from radgpt import models
+    from radgpt.errors import FatalError
+
+    seen = []
+    monkeypatch.setattr(models, "_gguf_to_hf_folder", lambda g: seen.append(Path(g)) or tiny_chat_base)
+    gguf = tmp_path / "My-Model.Q8_0.gguf"
+    gguf.write_bytes(b"GGUF")
+    m = load_model(str(gguf), backend="transformers", cases=str(few_cases))
+    assert m.name == "My-Model.Q8_0" and set(seen) == {gguf} and m.provenance()["base"] == str(gguf)
+    m = load_model("packaged:smollm2-135m-instruct", backend="transformers", cases=str(few_cases))
+    assert m.name == "smollm2-135m-instruct" and seen[-1].name == "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert m.provenance()["kind"] == "base"
+    with pytest.raises(FatalError, match="GGUF file not found"):
+        load_model(str(tmp_path / "missing.gguf"), cases=str(few_cases))
+    with pytest.raises(FatalError, match="unknown packaged model"):
+        load_model("packaged:nope", backend="transformers", cases=str(few_cases))
+    with pytest.raises(FatalError, match="llama.cpp runs a base model from its GGUF"):
+        load_model(str(tiny_chat_base), backend="llama.cpp", cases=str(few_cases))
+
+
+def test_cli_base_model_zero_and_k_shot_with_provenance_on_ct2(tiny_chat_base, few_cases, tmp_path, capsys,
+                                                                 monkeypatch):
+    monkeypatch.setenv("RADGPT_CACHE", str(tmp_path / "cache"))
+    inp = tmp_path / "f.jsonl"
+    rows = (("a", FINDINGS), ("b", "Lungs clear."))
+    inp.write_text("".join(json.dumps({"id": i, "findings": f}) + "\n" for i, f in rows))
+    for shots, backend in ((None, "ct2"), (2, "auto")):  # auto: the CT2 copy the first run made
+        out = tmp_path / f"o{shots}.jsonl"
+        rc = main(["impress", str(inp), "--model", str(tiny_chat_base), "--backend", backend, "--cases",
+                   str(few_cases), "--max-new-tokens", "3", "--out", str(out)]
+                  + (["--shots", str(shots)] if shots else []))
+        assert rc == 0, capsys.readouterr().err
+        recs = [json.loads(x) for x in out.read_text().splitlines()]
+        p = recs[0]["provenance"]
+        assert [r["id"] for r in recs] == ["a", "b"] and p["backend"] == "ctranslate2"
+        assert p["kind"] == "base" and p["prompting"] == ("2-shot" if shots else "zero-shot")
+        assert p["adapter_sha256"] is None and len(recs[0]["shot_case_ids"]) == (shots or 0)
+    assert len(list((tmp_path / "cache" / "exports").glob("base-tiny-chat-int8-*"))) == 1
+
+
+@pytest.mark.slow
+def test_packaged_smollm2_instruct_as_model_is_accepted():
+    from radgpt.reports.tasks import PAPER_INSTRUCTION
+
+    model = load_model("packaged:smollm2-135m-instruct", backend="transformers", cases=str(TRAIN))
+    prompt = model.prepare([FINDINGS])[0][0]
+    assert prompt.startswith("<|im_start|>system\n") and prompt.endswith("<|im_start|>assistant\n")
+    assert f"<|im_start|>user\n{PAPER_INSTRUCTION}\n\nFindings: {FINDINGS}<|im_end|>" in prompt
+    assert prompt.count("<|im_start|>user") == 1  # zero-shot: no examples
+    res = model.impress([FINDINGS], Decoding(max_new_tokens=2), repair=False)
+    assert res[0].completion_tokens == 2 and res[0].impression
+    assert model.provenance()["prompting"] == "zero-shot"
