@@ -257,3 +257,16 @@ def test_excel_export(tmp_path):
     assert recs["1002"]["impression"] == "Left effusion."
     skipped = {x["origin"].rsplit("!", 1)[1]: x["reason"] for x in _jsonl(out / "skipped.jsonl")}
     assert skipped == {"row 3": "row 3: empty row", "row 5": "row 5: values beyond the header's 4 columns"}
+
+
+def test_report_text_with_an_impression_column_beside_it(tmp_path):
+    src = tmp_path / "x.csv"
+    src.write_text("Accession,MRN,ReportText,Impression\n"
+                   "A1,M1,\"FINDINGS: Lungs clear.\nIMPRESSION: Normal.\",Normal.\n"
+                   "A2,M2,FINDINGS: Small effusion.,Effusion.\n")
+    out = tmp_path / "out"
+    assert _run(src, "--out", out) == 0
+    recs = _parsed(out)
+    assert (recs["A1"]["findings"], recs["A1"]["impression"]) == ("Lungs clear.", "Normal.")
+    assert (recs["A2"]["findings"], recs["A2"]["impression"]) == ("Small effusion.", "Effusion.")
+    assert "impression from its own column" in recs["A2"]["notes"][-1]

@@ -170,6 +170,7 @@ class _Unparsed:
     record: Record
     text: str = ""
     path: str = ""
+    fill: dict = field(default_factory=dict)  # sections from their own columns, used where the text has none
 
 
 def _record_from_text(text: str, rid: str, source: str, origin: str, opts: ReadOptions,
@@ -188,6 +189,11 @@ def _parse_into(item, phi_token: str) -> Record | Problem:
     r.findings, r.impression, r.indication, r.comparison = (parsed.findings, parsed.impression, parsed.indication,
                                                             parsed.comparison)
     r.sections, r.notes = parsed.sections, parsed.notes + r.notes
+    for name, value in item.fill.items():
+        if value and not getattr(r, name):
+            setattr(r, name, value)
+            r.sections[name] = value
+            r.notes.append(f"{name} from its own column (the report text has none)")
     return r
 
 
@@ -661,10 +667,12 @@ def read_table(path: Path, opts: ReadOptions, source: str = "table") -> Iterator
             cols = resolved
         rid = _cell(row, cols.get("id")).strip() or f"{path.stem}-{n}"
         patient = _cell(row, cols.get("patient_id")).strip()
-        structured = "findings" in cols or "impression" in cols
-        if "text" in cols and _cell(row, cols["text"]).strip() and not (
-                structured and (_cell(row, cols.get("findings")).strip() or _cell(row, cols.get("impression")).strip())):
+        # the whole report is parsed unless the export gives the findings in their own column; a section column
+        # next to the report text (an "Impression" column beside "ReportText") fills what the text lacks
+        if "text" in cols and _cell(row, cols["text"]).strip() and not _cell(row, cols.get("findings")).strip():
             unparsed = _record_from_text(_cell(row, cols["text"]), rid, source, origin, opts, patient, rid)
+            unparsed.fill = {f: normalize_text(_cell(row, cols[f]), opts.phi_token)
+                             for f in ("impression", "indication", "comparison") if f in cols}
             rec = unparsed.record
         else:
             unparsed = None
