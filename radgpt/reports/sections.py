@@ -205,8 +205,11 @@ def _any_case_header(line: str) -> tuple[str, str, str] | None:
     canon = _LOOKUP.get(_header_key(raw))
     if canon is None:
         return None
-    if not sep.strip() and (inline.strip() or canon == "metadata" or _header_key(raw) in _NOT_BARE):
-        return None  # a bare line is a header only when it is the whole line and an unambiguous name
+    if not sep.strip() and (inline.strip() or canon == "metadata" or _header_key(raw) in _NOT_BARE
+                            or not raw[0].isupper()):
+        # a bare line is a header only when it is the whole line, an unambiguous name, and capitalised ("history"
+        # alone is more likely the last word of a wrapped sentence)
+        return None
     return canon, raw, inline
 
 
