@@ -2,6 +2,8 @@
 
     radgpt finetune --config configs/smollm2-135m-cpu.yaml
     radgpt finetune --config configs/radiology-gpt-alpaca7b.yaml model.base=/models/llama-7b
+    radgpt finetune --config configs/smollm2-135m-cpu.yaml data.train=out/inhouse \
+        lora.init_from=models/radgpt-smollm2-135m out=runs/inhouse train.epochs=1   # adapt the shipped model
     accelerate launch --config_file configs/accelerate/fsdp.yaml -m radgpt finetune --config ...
     radgpt finetune --config ... --resume          # continue from the last checkpoint in `out`
 
@@ -11,9 +13,12 @@ The run folder is the contract that `impress`, `serve`, `merge` and `export` rel
     prompt_template.json                              the exact prompt the model was trained on
     tokenizer files                                   saved from the base, so the run is self-describing
     retrieval_cases.jsonl                             cases for retrieved examples (when data.retrieval_k > 0)
-    train_log.csv, loss.png                           one row per optimizer step
+    train_log.csv, loss.png                           one row per optimizer step (cumulative across --resume)
     val_metrics.json, val_predictions.jsonl           on the validation set, at the end
-    checkpoints/step-NNNNNN/                          every train.save_every steps (last train.keep_checkpoints)
+    README.md                                         the model card: base, data, recipe, figures, licence
+    checkpoints/step-NNNNNN/                          every train.save_every steps and at the end
+    best/                                             the adapter with the lowest validation loss (train.eval_every)
+    runs/                                             TensorBoard event files (`tensorboard --logdir RUN/runs`)
 
 Why the loop is hand-written rather than transformers.Trainer: no wasted work, found by profiling a
 CPU step of the default config. The 49k-wide vocabulary projection runs only at response positions
@@ -29,14 +34,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import csv
 import ctypes
 import functools
 import json
 import math
 import os
+import re
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -70,14 +78,19 @@ class LoraSettings:
     dropout_site: str = "rank"
     target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     # a run folder whose adapter starts this one (same r and target modules): continue training an adapter
-    # on a new prompt or new data instead of from zero
+    # on a new prompt or new data instead of from zero. The shipped models/radgpt-smollm2-135m works
+    # with configs/smollm2-135m-cpu.yaml (r 16, all 7 projections, chatml-cases, retrieval_k 3) to adapt
+    # it to a hospital's own reports (data.train=<radgpt prepare folder>)
     init_from: str = ""
 
 
 @dataclass
 class DataSettings:
+    # a .jsonl file (instruction/input/output, inputs/target, findings/impression or messages rows), or a
+    # `radgpt prepare` output folder: its alpaca/train.jsonl is read (and its alpaca/validate.jsonl, when
+    # data.validate is left at the default)
     train: str = "data/openi/clin-summ/train.jsonl"
-    validate: str = "data/openi/clin-summ/validate.jsonl"
+    validate: str = "data/openi/clin-summ/validate.jsonl"  # a .jsonl file or a prepare folder; "" = none
     template: str = "alpaca"  # alpaca | chatml | plain | path to a template .json
     instruction: str = PAPER_INSTRUCTION  # used for pair formats that carry no instruction
     tasks: list[str] = field(default_factory=lambda: ["findings_impression"])  # rows of prepare's alpaca files
@@ -107,6 +120,14 @@ class TrainSettings:
     group_by_length: bool = True
     pad_multiple: int = 16
     threads: int = 0  # torch CPU threads (0 = all cores)
+    log_every: int = 1  # optimizer steps between progress lines (loss, steps/s, ETA)
+    # validation loss every N optimizer steps (0 = only at the end); the adapter with the lowest one is
+    # kept in best/ and named in the model card
+    eval_every: int = 0
+    # stop when the validation loss has not improved for this many evaluations in a row (0 = off;
+    # needs eval_every)
+    early_stopping_patience: int = 0
+    tensorboard: bool = True  # event files in RUN/runs/ (when the tensorboard package is installed)
 
 
 @dataclass
@@ -119,7 +140,7 @@ class EvalSettings:
 
 @dataclass
 class FinetuneConfig:
-    out: str = "runs/radgpt"
+    out: str = "runs/radgpt"  # the run folder (a trained one is only continued with --resume)
     model: ModelSettings = field(default_factory=ModelSettings)
     lora: LoraSettings = field(default_factory=LoraSettings)
     data: DataSettings = field(default_factory=DataSettings)
@@ -204,7 +225,12 @@ def build_model(cfg: FinetuneConfig, device: str, half_base=None):
     rank_dropout = cfg.lora.dropout if cfg.lora.dropout_site == "rank" else 0.0
     lcfg = LoraConfig(r=cfg.lora.r, lora_alpha=cfg.lora.alpha, lora_dropout=cfg.lora.dropout - rank_dropout,
                       target_modules=list(cfg.lora.target_modules), bias="none", task_type="CAUSAL_LM")
-    model = get_peft_model(model, lcfg)
+    with warnings.catch_warnings():
+        # PeftModel.__init__ reads `model.is_gradient_checkpointing`, which transformers 5 deprecates with a
+        # FutureWarning on every run; that one warning is silenced here, nothing else
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated",
+                                category=FutureWarning)
+        model = get_peft_model(model, lcfg)
     if cfg.lora.init_from:
         load_adapter_weights(model, Path(cfg.lora.init_from))
     for p in model.parameters():  # adapters train in fp32 even when the base is half precision
@@ -228,8 +254,16 @@ def load_adapter_weights(model, run: Path) -> None:
     shapes = {k.replace(".default", ""): tuple(v.shape) for k, v in own.items()}
     bad = [k for k, v in saved.items() if shapes.get(k) != tuple(v.shape)]
     if bad or len(saved) != len(own):
+        hint = "use the same lora.r and lora.target_modules"
+        try:  # say what the source adapter is, so the fix is one copy-paste
+            src = json.loads((run / "adapter_config.json").read_text())
+            hint = (f"it is r={src['r']}, alpha {src.get('lora_alpha')}, target_modules {sorted(src['target_modules'])}: "
+                    f"pass lora.r={src['r']} lora.alpha={src.get('lora_alpha')} "
+                    f"lora.target_modules=[{','.join(sorted(src['target_modules']))}]")
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
         raise FatalError(f"lora.init_from: {path} does not fit this adapter ({len(saved)} tensors vs {len(own)}; "
-                         f"first mismatch: {bad[:1]}): use the same lora.r and lora.target_modules")
+                         f"first mismatch: {bad[:1]}): {hint}")
     result = set_peft_model_state_dict(model, saved)
     if getattr(result, "unexpected_keys", None):
         raise FatalError(f"lora.init_from: unexpected tensors {result.unexpected_keys[:3]}")
@@ -245,10 +279,10 @@ def add_rank_dropout(model, p: float) -> int:
 
     n = 0
     for name, module in model.named_modules():
-        if name.endswith(".lora_A") or ".lora_A." in name:
-            if hasattr(module, "weight"):  # the per-adapter nn.Linear inside the ModuleDict
-                module.register_forward_hook(hook)
-                n += 1
+        # the per-adapter nn.Linear inside the ModuleDict
+        if (name.endswith(".lora_A") or ".lora_A." in name) and hasattr(module, "weight"):
+            module.register_forward_hook(hook)
+            n += 1
     return n
 
 
@@ -305,26 +339,273 @@ def latest_checkpoint(run: Path) -> Path | None:
     return cks[-1] if cks else None
 
 
+def _checkpoint_state(ck: Path) -> dict:
+    import torch
+
+    return torch.load(ck / "trainer_state.pt", weights_only=False)
+
+
 def finetune(cfg: FinetuneConfig, resume: bool = False, log=print) -> dict:
+    """Train, save and validate; returns the run's metrics (what val_metrics.json holds).
+
+    A start that fails (bad config, missing file, Ctrl-C before the first optimizer step) removes the run
+    folder it created. `resume` on a finished run trains nothing: it says so, or runs only the end-of-run
+    steps that a kill left undone (validation, model card)."""
+    run = Path(cfg.out)
+    created = not run.exists()
+    progress = {"started": False, "main": True}
+    try:
+        return _finetune(copy.deepcopy(cfg), run, resume, log, progress)
+    except BaseException:
+        if created and progress["main"] and not progress["started"] and run.is_dir():
+            shutil.rmtree(run, ignore_errors=True)
+        raise
+
+
+def _check_settings(cfg: FinetuneConfig) -> None:
+    t = cfg.train
+    for key in ("log_every", "eval_every", "early_stopping_patience", "save_every", "max_steps"):
+        if getattr(t, key) < 0:
+            raise FatalError(f"train.{key} must be >= 0 (got {getattr(t, key)})")
+    if t.early_stopping_patience and not t.eval_every:
+        raise FatalError("train.early_stopping_patience needs train.eval_every > 0 (the validation loss it watches)")
+
+
+def _dataset_file(value: str, split: str) -> str | None:
+    """The `split` file of a folder (a `radgpt prepare` output folder: alpaca/, else chat/; or split.jsonl),
+    or None when the folder has none. A path that is not a folder is returned as it is."""
+    folder = Path(value).expanduser()
+    if not folder.is_dir():
+        return value
+    for cand in (folder / "alpaca" / f"{split}.jsonl", folder / "chat" / f"{split}.jsonl", folder / f"{split}.jsonl"):
+        if cand.is_file():
+            return str(cand)
+    return None
+
+
+def _folder_problem(value: str, split: str, key: str) -> FatalError:
+    folder = Path(value).expanduser()
+    has = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())[:12]
+    if (folder / "for_inference.jsonl").exists():
+        why = ("it was prepared with --for-inference (findings only, no impressions to learn from): run "
+               "`radgpt prepare` without --for-inference")
+    elif (folder / "summary.json").exists() or (folder / "records").is_dir():
+        why = (f"a `radgpt prepare` folder without alpaca/{split}.jsonl or chat/{split}.jsonl (prepare it with "
+               "formats=[alpaca])")
+    else:
+        why = (f"a folder, not a dataset file: give a .jsonl file or a `radgpt prepare` output folder (one with "
+               f"alpaca/{split}.jsonl)")
+    return FatalError(f"{key}={value}: {why}; the folder holds: {', '.join(has) or 'nothing'}")
+
+
+def _resolve_data(cfg: FinetuneConfig, log) -> None:
+    """data.train / data.validate given as folders become their files (written so into config.yaml)."""
+    d = cfg.data
+    train_folder = Path(d.train).expanduser().is_dir()
+    found = _dataset_file(d.train, "train")
+    if found is None:
+        raise _folder_problem(d.train, "train", "data.train")
+    if train_folder:
+        log(f"data.train={d.train}: a folder; training on {found}")
+    d.train = found
+    if not d.validate:
+        return
+    if Path(d.validate).expanduser().is_dir():
+        found = _dataset_file(d.validate, "validate")
+        if found is None:
+            raise _folder_problem(d.validate, "validate", "data.validate")
+        log(f"data.validate={d.validate}: a folder; validating on {found}")
+        d.validate = found
+    elif train_folder and d.validate == DataSettings.validate:
+        # the default (OpenI) validation set would not describe a model trained on the folder's data
+        folder = Path(found).parent.parent if Path(found).parent.name in ("alpaca", "chat") else Path(found).parent
+        own = _dataset_file(str(folder), "validate")
+        if own and Path(own).stat().st_size > 0:
+            log(f"validating on the folder's own split: {own}")
+            d.validate = own
+        else:
+            log(f"{folder} has no validate split: no validation (set data.validate=FILE for one)")
+            d.validate = ""
+
+
+def _read_log(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+
+    def num(v):
+        if v in (None, ""):
+            return ""
+        try:
+            return int(v)
+        except ValueError:
+            try:
+                return float(v)
+            except ValueError:
+                return v
+
+    with open(path, newline="") as f:
+        return [{k: num(v) for k, v in r.items()} for r in csv.DictReader(f)]
+
+
+def _has_weights(run: Path) -> bool:
+    return any((run / n).exists() for n in ("adapter_model.safetensors", "model.safetensors",
+                                            "model.safetensors.index.json"))
+
+
+def _finished_run(run: Path, total_steps: int) -> str | None:
+    """'done' (trained and validated: nothing to do), 'evaluate' (trained; the end-of-run steps are
+    missing, e.g. a kill during the validation generation) or None (training goes on)."""
+    if not _has_weights(run):
+        return None
+    try:
+        metrics = json.loads((run / "val_metrics.json").read_text())
+    except (OSError, ValueError):
+        metrics = None
+    if isinstance(metrics, dict) and (metrics.get("train_steps", 0) >= total_steps or metrics.get("stopped_early_at")):
+        return "done"
+    rows = _read_log(run / "train_log.csv")
+    last = int(rows[-1]["step"]) if rows else 0
+    if rows and last >= total_steps:
+        return "evaluate"
+    ck = latest_checkpoint(run)
+    if ck is not None and rows:
+        st = _checkpoint_state(ck)
+        if st.get("finished") and st.get("stopped_early") and st.get("step") == last:
+            return "evaluate"
+    return None
+
+
+def _load_trained_weights(lm, run: Path, cfg: FinetuneConfig) -> None:
+    """The final weights a finished run saved, back into the freshly built model."""
+    from safetensors.torch import load_file
+
+    if cfg.lora.method == "lora":
+        load_adapter_weights(lm, run)
+        return
+    sd = {}
+    for f in sorted(run.glob("model*.safetensors")):
+        sd.update(load_file(str(f)))
+    result = lm.load_state_dict(sd, strict=False)
+    if result.unexpected_keys:
+        raise FatalError(f"{run}: saved weights do not match this model/config")
+
+
+def _compare_with_source(cfg: FinetuneConfig, log) -> None:
+    """Notes where this run differs from the run whose adapter it continues (lora.init_from): a different
+    base, prompt or number of retrieved cases is allowed (that is how an adapter is moved to a new prompt),
+    but should be on purpose."""
+    import yaml
+
+    try:
+        src = yaml.safe_load((Path(cfg.lora.init_from) / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        return
+    ours = {"model.base": cfg.model.base, "data.template": cfg.data.template, "data.retrieval_k": cfg.data.retrieval_k}
+    for key, value in ours.items():
+        section, name = key.split(".")
+        theirs = (src.get(section) or {}).get(name) if isinstance(src.get(section), dict) else None
+        if theirs is not None and str(theirs) != str(value):
+            log(f"note: lora.init_from={cfg.lora.init_from} was trained with {key}={theirs}; this run uses {value}")
+
+
+def _tensorboard(run: Path, enabled: bool, purge_step: int | None, log):
+    """A SummaryWriter into RUN/runs/, or None (off, or the tensorboard package is not installed)."""
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log("note: the tensorboard package is not installed, so no RUN/runs/ event files "
+            "(pip install tensorboard, or train.tensorboard=false to silence this)")
+        return None
+    return SummaryWriter(str(run / "runs"), purge_step=purge_step)
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    s = round(seconds)
+    h, m = divmod(s // 60, 60)
+    return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m}:{s % 60:02d}"
+
+
+def _val_loss(loss_module, items, pad_id: int, pad_multiple: int, device, batch: int = 16) -> float:
+    """Teacher-forced loss per response token over `items` (no grad; the module's train mode restored)."""
+    import torch
+
+    from radgpt.instruct_data import collate
+
+    was_training = loss_module.training
+    loss_module.eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for s in range(0, len(items), batch):
+            chunk = items[s:s + batch]
+            ids, labels, mask = collate(chunk, pad_id, pad_multiple)
+            total += float(loss_module(ids.to(device), labels.to(device), mask.to(device)))
+            n += sum(t.n_response for t in chunk)
+    loss_module.train(was_training)
+    return total / max(n, 1)
+
+
+def _gathered_state(acc, model) -> dict | None:
+    """The LM's full state dict (FSDP / ZeRO-3 gather it first: every process must call this)."""
+    sd = acc.get_state_dict(model)
+    return {k[len("lm."):]: v for k, v in sd.items() if k.startswith("lm.")} if sd else None
+
+
+def _save_best(acc, model, run: Path, main: bool, best: dict, cfg: FinetuneConfig, tokenizer) -> None:
+    """best/: the weights with the lowest validation loss so far, loadable as a run folder of its own."""
+    state_dict = _gathered_state(acc, model)
+    if not main:
+        return
+    target, tmp = run / "best", run / "best.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    acc.unwrap_model(model).lm.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+    for name in ("config.yaml", "prompt_template.json"):
+        if (run / name).exists():
+            shutil.copy2(run / name, tmp / name)
+    if cfg.lora.method != "lora":
+        tokenizer.save_pretrained(tmp)
+    cases = (f" It retrieves prior cases: pass `--cases {run.name}/retrieval_cases.jsonl` (they are not copied "
+             "here)." if cfg.data.retrieval_k > 0 else "")
+    (tmp / "README.md").write_text(
+        f"# best/ — the lowest validation loss of {run.name}\n\n"
+        f"The {'adapter' if cfg.lora.method == 'lora' else 'model'} at optimizer step {best['step']}: validation "
+        f"loss {best['val_loss']:.4f} (teacher forced, per response token; `train.eval_every: {cfg.train.eval_every}`). "
+        f"The run folder above holds the last step's weights and the model card. Use this one with "
+        f"`radgpt impress --model {run.name}/best`.{cases}\n", encoding="utf-8")
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+
+
+def _finetune(cfg: FinetuneConfig, run: Path, resume: bool, log, progress: dict) -> dict:
     import torch
     from accelerate import Accelerator
     from transformers import get_scheduler
 
-    from radgpt.instruct_data import (attach_retrieval, collate, length_grouped_batches, read_examples,
-                                      tokenize)
+    from radgpt.instruct_data import (
+        attach_retrieval,
+        collate,
+        length_grouped_batches,
+        read_examples,
+        tokenize,
+    )
     from radgpt.models import load_tokenizer, pick_dtype
     from radgpt.prompts import PromptTemplate, clean_placeholders
     from radgpt.retrieval import Case, CaseIndex
 
     t_start = time.perf_counter()
-    run = Path(cfg.out)
     device = _device(cfg.model.device)
     # One process on one device, or many under `accelerate launch` (DDP, FSDP, DeepSpeed): the
     # same loop. Mixed precision is radgpt's own autocast, so CPU runs get bf16 too.
     acc = Accelerator(cpu=device == "cpu")
-    main = acc.is_main_process
+    main = progress["main"] = acc.is_main_process
     if not main:
-        log = lambda *a, **k: None  # noqa: E731
+        def log(*a, **k) -> None:
+            pass
+    _check_settings(cfg)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     autocast = pick_dtype(cfg.model.dtype, device)
@@ -335,8 +616,7 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, log=print) -> dict:
     accum = cfg.train.batch_size // (cfg.train.micro_batch_size * acc.num_processes)
     if run.exists() and any(run.glob("*.safetensors")) and not resume:
         raise FatalError(f"{run}: already holds a trained model; choose another out= or pass --resume")
-    if main:
-        run.mkdir(parents=True, exist_ok=True)
+    _resolve_data(cfg, log)
 
     # ---- data: read, retrieve similar cases, render prompts, tokenise
     template = PromptTemplate.load(cfg.data.template)
@@ -345,6 +625,9 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, log=print) -> dict:
     if cfg.data.max_train_samples:
         train = train[: cfg.data.max_train_samples]
     val = read_examples(cfg.data.validate, cfg.data.tasks, cfg.data.instruction) if cfg.data.validate else []
+    if cfg.train.eval_every and not val:
+        raise FatalError("train.eval_every needs validation data (data.validate)")
+    n_train_pairs = len(train)
     index = None
     if cfg.data.retrieval_k > 0:
         pairs = [e for e in train if e.task == "findings_impression"]
@@ -364,13 +647,16 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, log=print) -> dict:
     steps_per_epoch = math.ceil(len(items) / cfg.train.batch_size)
     total_steps = cfg.train.max_steps or math.ceil(steps_per_epoch * cfg.train.epochs)
 
-    # ---- the run folder contract, written before training so a killed run is still self-describing
-    if main:
-        write_resolved(cfg, run)
-        template.save(run)
-        tokenizer.save_pretrained(run)
-        if index is not None:
-            index.save(run)
+    # ---- a finished run is not trained again (--resume after the end, or after a kill during validation)
+    finished = _finished_run(run, total_steps) if resume else None
+    if finished == "done":
+        metrics = json.loads((run / "val_metrics.json").read_text())
+        log(f"{run}: run already finished ({metrics.get('train_steps')} optimizer steps; val_metrics.json is kept): "
+            "nothing to do. To train on, raise train.max_steps or train.epochs and pass --resume again")
+        return metrics
+
+    if cfg.lora.init_from:
+        _compare_with_source(cfg, log)
 
     # ---- model, optimizer, schedule
     torch.manual_seed(cfg.train.seed)
@@ -386,15 +672,36 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, log=print) -> dict:
         f"{cfg.train.batch_size} ({accum} × {cfg.train.micro_batch_size} × {acc.num_processes} process(es)); "
         f"trainable {n_train:,} of {n_all:,} params; {acc.device}, autocast {autocast or 'off'}")
 
+    # ---- the run folder contract, written before training so a killed run is still self-describing
+    # (after the model is built: a start that fails on the config leaves no folder behind)
+    if main:
+        run.mkdir(parents=True, exist_ok=True)
+        write_resolved(cfg, run)
+        template.save(run)
+        tokenizer.save_pretrained(run)
+        if index is not None:
+            index.save(run)
+
     step, epoch, batch_pos, rows = 0, 0, 0, []
-    if resume:
+    best, bad_evals, samples_done, stopped_early = None, 0, 0, None
+    if finished == "evaluate":
+        _load_trained_weights(lm, run, cfg)
+        rows = _read_log(run / "train_log.csv")
+        step = int(rows[-1]["step"]) if rows else total_steps
+        ck = latest_checkpoint(run)
+        if ck is not None:
+            st = _checkpoint_state(ck)
+            if st.get("step") == step:
+                best, stopped_early = st.get("best"), st.get("stopped_early")
+        log(f"{run}: training finished at step {step}; running the end-of-run steps it lacks (validation, model card)")
+    elif resume:
         ck = latest_checkpoint(run)
         if ck is None:
             log(f"--resume: no checkpoint in {run}/checkpoints, starting from step 0")
         else:
             from safetensors.torch import load_file
 
-            state = torch.load(ck / "trainer_state.pt", weights_only=False)
+            state = _checkpoint_state(ck)
             result = lm.load_state_dict(load_file(str(ck / "trainable.safetensors")), strict=False)
             if result.unexpected_keys:
                 raise FatalError(f"{ck}: checkpoint does not match this model/config")
@@ -402,19 +709,29 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, log=print) -> dict:
             scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["rng"])
             step, epoch, batch_pos, rows = state["step"], state["epoch"], state["batch_pos"], state["rows"]
+            best, bad_evals = state.get("best"), state.get("bad_evals", 0)
+            samples_done = state.get("samples", 0)
             log(f"resumed from {ck} (step {step})")
 
     # ---- the loop: one optimizer step = `accum` micro-batches per process, loss normalised by the
-    # response tokens of the step (so long and short answers weigh per token, as in one big batch)
-    model.train()
+    # response tokens of the step (so long and short answers weigh per token, as in one big batch).
+    # tokens, samples and elapsed_s continue across a resume (cumulative, as the rows before it).
     log_path = run / "train_log.csv"
-    t0 = time.perf_counter()
-    samples_done = tokens_done = 0
+    tokens_done = int(rows[-1].get("tokens") or 0) if rows else 0
+    prev_elapsed = float(rows[-1].get("elapsed_s") or 0.0) if rows else 0.0
+    if rows and not samples_done:  # a checkpoint from before `samples` was kept: from the logged rate
+        samples_done = round(float(rows[-1].get("samples_per_s") or 0) * prev_elapsed / acc.num_processes)
+    tb = _tensorboard(run, cfg.train.tensorboard, step + 1 if step and finished is None else None, log) if main else None
+    model.train()
+    t0, start_step = time.perf_counter(), step
     per_step = accum * acc.num_processes
-    while step < total_steps:
+    patience = cfg.train.early_stopping_patience
+    stop = finished == "evaluate"
+    progress["started"] = True
+    while step < total_steps and not stop:
         batches = length_grouped_batches(lengths, cfg.train.micro_batch_size, cfg.train.seed, epoch,
                                          cfg.train.group_by_length)
-        while batch_pos < len(batches) and step < total_steps:
+        while batch_pos < len(batches) and step < total_steps and not stop:
             group = batches[batch_pos: batch_pos + per_step]
             batch_pos += len(group)
             n_tokens = sum(items[i].n_response for b in group for i in b) / acc.num_processes
@@ -436,34 +753,77 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, log=print) -> dict:
             step += 1
             step_loss = float(acc.reduce(torch.tensor(loss_sum, device=acc.device), "sum")) / (
                 n_tokens * acc.num_processes)
-            elapsed = time.perf_counter() - t0
-            rows.append({"step": step, "epoch": round(epoch + batch_pos / len(batches), 3),
-                         "loss": round(step_loss, 5), "lr": scheduler.get_last_lr()[0],
-                         "samples_per_s": round(samples_done * acc.num_processes / elapsed, 2),
-                         "tokens": tokens_done, "elapsed_s": round(elapsed, 1)})
-            log(f"step {step}/{total_steps} loss {rows[-1]['loss']:.4f} lr {rows[-1]['lr']:.2e} "
-                f"{rows[-1]['samples_per_s']} samples/s")
+            session = time.perf_counter() - t0
+            elapsed = prev_elapsed + session
+            row = {"step": step, "epoch": round(epoch + batch_pos / len(batches), 3), "loss": round(step_loss, 5),
+                   "lr": scheduler.get_last_lr()[0],
+                   "samples_per_s": round(samples_done * acc.num_processes / max(elapsed, 1e-9), 2),
+                   "tokens": tokens_done, "elapsed_s": round(elapsed, 1), "val_loss": ""}
+            rows.append(row)
+            if not math.isfinite(row["loss"]):
+                if main:
+                    _write_log(log_path, rows)
+                raise FatalError(f"loss is {row['loss']} at step {step}: lower train.lr or check the data")
+            note = ""
+            if cfg.train.eval_every and step % cfg.train.eval_every == 0:
+                v = _val_loss(model, val_items, tokenizer.pad_token_id, cfg.train.pad_multiple, acc.device)
+                v = float(acc.reduce(torch.tensor(v, device=acc.device), "mean"))  # one decision on every process
+                row["val_loss"] = round(v, 5)
+                if best is None or v < best["val_loss"]:
+                    best, bad_evals = {"step": step, "val_loss": v}, 0
+                    _save_best(acc, model, run, main, best, cfg, tokenizer)
+                    note = f" | val loss {v:.4f}, the best so far → best/"
+                else:
+                    bad_evals += 1
+                    note = (f" | val loss {v:.4f} (best {best['val_loss']:.4f} at step {best['step']}; "
+                            f"{bad_evals} evaluation(s) without improvement)")
+                    if patience and bad_evals >= patience:
+                        stopped_early, stop = step, True
+                if tb is not None:
+                    tb.add_scalar("val/loss", v, step)
+            if tb is not None:
+                for key in ("loss", "lr", "samples_per_s"):
+                    tb.add_scalar(f"train/{key}", row[key], step)
+            rate = (step - start_step) / max(time.perf_counter() - t0, 1e-9)
+            if note or step == total_steps or step == start_step + 1 or (
+                    cfg.train.log_every and step % cfg.train.log_every == 0):
+                log(f"step {step}/{total_steps} loss {row['loss']:.4f} lr {row['lr']:.2e} | {rate:.3g} steps/s "
+                    f"{row['samples_per_s']} samples/s | {_duration(elapsed)} elapsed, "
+                    f"ETA {_duration((total_steps - step) / rate)}{note}")
+            if stopped_early:
+                log(f"early stopping at step {step}: the validation loss has not improved for {patience} "
+                    f"evaluations (best {best['val_loss']:.4f} at step {best['step']}, in best/)")
             if step % 4 == 0:
                 _malloc_trim()
-            if not math.isfinite(rows[-1]["loss"]):
-                raise FatalError(f"loss is {rows[-1]['loss']} at step {step}: lower train.lr or check the data")
-            if cfg.train.save_every and step % cfg.train.save_every == 0 and step < total_steps and main:
+            if cfg.train.save_every and step % cfg.train.save_every == 0 and step < total_steps and not stop and main:
                 save_checkpoint(run, step, lm, optimizer, scheduler,
-                                {"step": step, "epoch": epoch, "batch_pos": batch_pos, "rows": rows},
-                                cfg.train.keep_checkpoints)
+                                {"step": step, "epoch": epoch, "batch_pos": batch_pos, "rows": rows, "best": best,
+                                 "bad_evals": bad_evals, "samples": samples_done}, cfg.train.keep_checkpoints)
                 _write_log(log_path, rows)
+                if tb is not None:
+                    tb.flush()
         if batch_pos >= len(batches):
             epoch, batch_pos = epoch + 1, 0
 
-    # ---- save the result in the run folder (main process; FSDP/ZeRO-3 gather the full state first)
-    acc.wait_for_everyone()
-    state_dict = acc.get_state_dict(model)
-    state_dict = {k[len("lm."):]: v for k, v in state_dict.items() if k.startswith("lm.")} if state_dict else None
+    # ---- save the result in the run folder (main process; FSDP/ZeRO-3 gather the full state first);
+    # the last checkpoint is marked finished, so --resume with more steps continues exactly from here
     lm_unwrapped = acc.unwrap_model(model).lm
-    lm_unwrapped.save_pretrained(run, state_dict=state_dict, is_main_process=main, safe_serialization=True)
+    if finished != "evaluate":
+        if cfg.train.save_every and main:
+            save_checkpoint(run, step, lm, optimizer, scheduler,
+                            {"step": step, "epoch": epoch, "batch_pos": batch_pos, "rows": rows, "best": best,
+                             "bad_evals": bad_evals, "samples": samples_done, "finished": True,
+                             "stopped_early": stopped_early}, cfg.train.keep_checkpoints)
+        acc.wait_for_everyone()
+        state_dict = _gathered_state(acc, model)
+        lm_unwrapped.save_pretrained(run, state_dict=state_dict, is_main_process=main, safe_serialization=True)
     metrics = {"train_steps": step, "train_examples": len(items), "truncated_train": n_trunc,
                "trainable_params": n_train, "final_train_loss": rows[-1]["loss"] if rows else None,
-               "train_seconds": round(time.perf_counter() - t0, 1), "processes": acc.num_processes}
+               "train_seconds": float(rows[-1]["elapsed_s"]) if rows else 0.0, "processes": acc.num_processes}
+    if best:
+        metrics.update({"best_step": best["step"], "best_val_loss": round(best["val_loss"], 5)})
+    if stopped_early:
+        metrics.update({"stopped_early_at": stopped_early, "early_stopping_patience": patience})
     if not main:
         return metrics
     _write_log(log_path, rows)
@@ -471,29 +831,33 @@ def finetune(cfg: FinetuneConfig, resume: bool = False, log=print) -> dict:
     if val_items:
         metrics.update(evaluate_run(lm_unwrapped, tokenizer, template, val, val_items, cfg, autocast, run, log))
     metrics["total_seconds"] = round(time.perf_counter() - t_start, 1)
-    (run / "val_metrics.json").write_text(json.dumps(metrics, indent=2))
+    if tb is not None:
+        for key, value in metrics.items():
+            if key == "val_loss" and rows and rows[-1].get("val_loss") not in (None, ""):
+                continue  # logged at this step already
+            if key.startswith(("val_loss", "rouge", "missed", "finding_", "unsupported")) and isinstance(
+                    value, (int, float)):
+                tb.add_scalar("val/loss" if key == "val_loss" else f"val/{key}", value, step)
+        tb.close()
+    write_model_card(run, cfg, metrics, {
+        "train_pairs": n_train_pairs, "train_items": len(items), "val_items": len(val_items),
+        "truncated_val": n_trunc_val, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "accum": accum,
+        "autocast": str(autocast).replace("torch.", "") if autocast else "off", "n_all": n_all,
+        "device": str(acc.device)})
+    (run / "val_metrics.json").write_text(json.dumps(metrics, indent=2))  # last: its presence means "finished"
     log(f"done: {run} {json.dumps({k: v for k, v in metrics.items() if 'rouge' in k or 'loss' in k})}")
     return metrics
 
 
 def evaluate_run(lm, tokenizer, template, val, val_items, cfg, autocast, run: Path, log) -> dict:
     """Validation loss (teacher forced) and, if asked, greedy generations scored with ROUGE."""
-    import torch
-
     from radgpt.generate import Decoding, generate_batch
-    from radgpt.instruct_data import collate
 
     lm.eval()
-    loss_fn = _make_loss_module(lm, autocast)
     device = next(lm.parameters()).device
-    total, n = 0.0, 0
-    with torch.inference_mode():
-        for s in range(0, len(val_items), 16):
-            chunk = val_items[s:s + 16]
-            ids, labels, mask = collate(chunk, tokenizer.pad_token_id, cfg.train.pad_multiple)
-            total += loss_fn(ids.to(device), labels.to(device), mask.to(device)).item()
-            n += sum(t.n_response for t in chunk)
-    out = {"val_loss": round(total / max(n, 1), 5)}
+    loss = _val_loss(_make_loss_module(lm, autocast), val_items, tokenizer.pad_token_id, cfg.train.pad_multiple,
+                     device)
+    out = {"val_loss": round(loss, 5)}
     if not cfg.eval.generate:
         return out
     sample = val[: cfg.eval.max_samples] if cfg.eval.max_samples else val
@@ -502,12 +866,22 @@ def evaluate_run(lm, tokenizer, template, val, val_items, cfg, autocast, run: Pa
         lm.merge_adapter()  # merged weights decode faster; the saved adapter is unaffected
     lm.config.use_cache = True
     t0 = time.perf_counter()
+    done = [0]
+
+    def progress(n: int) -> None:
+        done[0] += n
+        secs = time.perf_counter() - t0
+        eta = secs / done[0] * (len(prompts) - done[0])
+        log(f"validation: generated {done[0]}/{len(prompts)} ({100 * done[0] // len(prompts)}%) | "
+            f"{_duration(secs)} elapsed, ETA {_duration(eta)}")
+
+    log(f"validation: greedy generation of {len(prompts)} impressions (batch {cfg.eval.batch_size}) ...")
     preds = generate_batch(lm, tokenizer, prompts, Decoding(max_new_tokens=cfg.eval.max_new_tokens),
-                           cfg.eval.batch_size, autocast)
+                           cfg.eval.batch_size, autocast, progress=progress)
     secs = time.perf_counter() - t0
     with open(run / "val_predictions.jsonl", "w", encoding="utf-8") as f:
-        for e, p in zip(sample, preds):
-            f.write(json.dumps({"id": e.id, "impression": p, "reference": e.output}, ensure_ascii=False) + "\n")
+        f.writelines(json.dumps({"id": e.id, "impression": p, "reference": e.output}, ensure_ascii=False) + "\n"
+                     for e, p in zip(sample, preds))
     out.update(rouge_summary([e.output for e in sample], preds, [e.input for e in sample]))
     out["val_generated"] = len(preds)
     out["val_generate_seconds"] = round(secs, 1)
@@ -534,11 +908,206 @@ def rouge_summary(refs: list[str], hyps: list[str], findings: list[str] | None =
     return out
 
 
+# ---------------------------------------------------------------------------------------- the model card
+OPENI = re.compile(r"openi|open-i|clin-summ", re.IGNORECASE)
+
+
+def _base_name(base: str) -> str:
+    """The base model as the card names it: packaged:NAME and hub ids as they are, a local path as its basename."""
+    if base.startswith("packaged:"):
+        return base
+    p = Path(base).expanduser()
+    if p.exists() or re.match(r"^(/|~|\.{1,2}/|[A-Za-z]:[\\/])", base) or base.count("/") != 1:
+        return p.name or base
+    return base  # org/name on the hub
+
+
+def _trained_on_openi(cfg: FinetuneConfig) -> bool:
+    """OpenI text (CC BY-NC-ND 4.0) went into this model: its data paths, or those of the adapter it started from."""
+    texts = [cfg.data.train, cfg.data.validate]
+    if cfg.lora.init_from:
+        src = Path(cfg.lora.init_from)
+        try:
+            import yaml
+
+            data = (yaml.safe_load((src / "config.yaml").read_text(encoding="utf-8")) or {}).get("data") or {}
+            texts += [str(data.get("train") or ""), str(data.get("validate") or "")]
+        except (OSError, ValueError, AttributeError):
+            pass
+        try:
+            head = (src / "README.md").read_text(encoding="utf-8").split("\n---", 1)[0]
+            if re.search(r"^license:\s*cc-by-nc-nd", head, re.MULTILINE):
+                return True
+        except OSError:
+            pass
+    return any(OPENI.search(t or "") for t in texts)
+
+
+def _contents(run: Path, cfg: FinetuneConfig, metrics: dict, expected: tuple[str, ...] = ()) -> list[str]:
+    """The "What this folder contains" section: each file, what it is, whether it holds report text
+    (radgpt.export's table of files, which `radgpt export` rewrites for a shared folder)."""
+    from radgpt.export import CARD_SECTION, FILE_NOTES, describe
+
+    what = "adapter" if cfg.lora.method == "lora" else "model"
+    extra = {
+        "best/": ((f"the {what} with the lowest validation loss (step {metrics.get('best_step')}), loadable as a "
+                   "run folder: `radgpt impress --model RUN/best`"), "no (weights)"),
+        "runs/": (("TensorBoard event files: loss, learning rate, throughput and validation loss per step "
+                   "(`tensorboard --logdir RUN/runs`)"), "no (numbers only)"),
+    }
+    rows = [(n, *extra[n]) if n in extra else (n, w, t) for n, w, t in describe(run)]
+    have = {n for n, _, _ in rows}
+    rows += [(n, *FILE_NOTES[n]) for n in expected if n not in have and n in FILE_NOTES]
+    rows.sort(key=lambda r: r[0].lower())
+    text = [n for n, _, t in rows if t.startswith("YES")]
+    lines = [CARD_SECTION, ""]
+    if text:
+        lines += [(f"{' and '.join(f'`{n}`' for n in text)} hold{'s' if len(text) == 1 else ''} report text verbatim "
+                   "(licence above): sharing this folder as it is shares "
+                   f"{'it' if len(text) == 1 else 'them'}. `radgpt export {run.name} --format adapter --without-cases "
+                   "--out DIR` makes a copy without "
+                   f"{'it' if len(text) == 1 else 'them'} and without the data paths of `config.yaml`."), ""]
+    lines += ["| file | what it is | holds report text |", "|---|---|---|"]
+    lines += [f"| `{n}` | {w} | {t} |" for n, w, t in rows]
+    return lines
+
+
+def _figure(value, fmt: str = "{:.2f}") -> str:
+    return fmt.format(value) if isinstance(value, (int, float)) else "—"
+
+
+def write_model_card(run: Path, cfg: FinetuneConfig, metrics: dict, info: dict) -> Path:
+    """README.md of the run folder: base, data, recipe, validation figures, licence, intended use and
+    what each file is (written at the end of a run; PEFT's empty card is replaced)."""
+    from datetime import date
+
+    lora, data, train = cfg.lora, cfg.data, cfg.train
+    openi = _trained_on_openi(cfg)
+    base = _base_name(cfg.model.base)
+    kind = "LoRA adapter" if lora.method == "lora" else "fully fine-tuned model"
+    train_file, val_file = Path(data.train).name, Path(data.validate).name if data.validate else ""
+    card = (run / "README.md")
+    if not card.exists():
+        card.write_text("")  # listed by the contents table below
+    tags = ["radiology", "impression-generation", "radgpt"] + (["lora"] if lora.method == "lora" else []) + (
+        ["openi"] if openi else [])
+    out = ["---", f"license: {'cc-by-nc-nd-4.0' if openi else 'unknown'}", f"base_model: {base}",
+           f"library_name: {'peft' if lora.method == 'lora' else 'transformers'}", f"tags: [{', '.join(tags)}]", "---",
+           "", f"# {run.resolve().name} — radiology impressions from findings",
+           "",
+           (f"A {kind} for **{base}**, trained with `radgpt finetune` on {date.today().isoformat()}: the findings of a "
+            "radiology report in, a draft impression out. This folder is a radgpt run folder: `radgpt impress`, "
+            "`serve`, `merge` and `export` load it as it is."), "",
+           "## Licence — read this first", ""]
+    if openi:
+        out.append("- **Non-commercial only.** It was trained on OpenI report text (Indiana University chest X-ray "
+                   "collection, distributed by the U.S. National Library of Medicine), licensed **CC BY-NC-ND 4.0** "
+                   "(non-commercial, attribution, no derivatives beyond format). Attribution: Demner-Fushman D. et al., "
+                   "*Preparing a collection of radiology examinations for distribution and retrieval*, JAMIA "
+                   "2016;23(2):304-310.")
+    else:
+        out.append(f"- **The licence of the training data is not known to radgpt.** The model was trained on "
+                   f"`{train_file}`: if those are your institution's reports, the weights and the files below that hold "
+                   "report text fall under whatever governs that data (data-use agreement, ethics approval, privacy "
+                   "law). Check it before sharing this folder.")
+    if lora.init_from:
+        out.append(f"- It continues the adapter in `{Path(lora.init_from).name}` (`lora.init_from`): that adapter's "
+                   "training data and licence carry over.")
+    out.append(f"- The base model `{base}` keeps its own licence" + (
+        "; its weights are not in this folder." if lora.method == "lora" else
+        "; the weights in this folder are derived from it."))
+    out += ["- Not a medical device (see Intended use).", "",
+            "## Intended use", "",
+            ("- **An assistive draft for a radiologist**: it suggests an impression from the findings section, for the "
+             "radiologist to read, correct and sign. It is not a diagnosis, must not be used without a radiologist's "
+             "review, and has not been evaluated as a medical device."),
+            (f"- It writes in the style of its training reports ({info['train_pairs']:,} pairs from `{train_file}`). "
+             "On other institutions' reports, modalities or languages, measure it on your own validation data first "
+             "(`radgpt evaluate`)."),
+            ("- It can miss a finding or state one the findings do not; `radgpt impress` / `serve` flag impressions "
+             "that name findings the findings do not support."), "",
+            "## Base model", "",
+            (f"`{base}`" + (f", {cfg.model.quantization} quantization (QLoRA)" if cfg.model.quantization else "") +
+             f"; autocast {info['autocast']} on {info['device']}; {info['n_all']:,} parameters."), "",
+            "## Data", "",
+            "| split | file | examples |", "|---|---|---:|",
+            f"| training | `{train_file}` | {info['train_pairs']:,} |"]
+    if info["train_items"] != info["train_pairs"]:
+        out.append(f"| training, after `oversample_abnormal: {data.oversample_abnormal}` | | {info['train_items']:,} |")
+    out.append(f"| validation | `{val_file}` | {info['val_items']:,} |" if val_file else "| validation | none | 0 |")
+    out += ["", (f"Tasks {', '.join(data.tasks)}; prompt template `{Path(data.template).name}` (saved as "
+                 f"`prompt_template.json`); {data.retrieval_k} retrieved prior case(s) per prompt"
+                 f"{f' (matched by {data.retrieval_match})' if data.retrieval_k else ''}; examples longer than "
+                 f"{data.cutoff_len} tokens truncated ({metrics.get('truncated_train', 0)} training, "
+                 f"{info['truncated_val']} validation). Paths are given as file names only; `config.yaml` holds them "
+                 "in full."), "",
+            "## Recipe", "", "| setting | value |", "|---|---|"]
+    if lora.method == "lora":
+        out.append(f"| method | LoRA r={lora.r}, alpha={lora.alpha} (scale {lora.alpha / lora.r:g}), dropout "
+                   f"{lora.dropout:g} on the {'rank-r activations' if lora.dropout_site == 'rank' else 'inputs'} |")
+        out.append(f"| target modules | {', '.join(lora.target_modules)} |")
+        out.append(f"| starting adapter | {f'`{Path(lora.init_from).name}` (lora.init_from)' if lora.init_from else 'none (from zero)'} |")
+    else:
+        out.append("| method | full fine-tuning (all weights trainable) |")
+    n_params = metrics.get("trainable_params") or 0
+    length = (f"{train.max_steps} optimizer steps (train.max_steps)" if train.max_steps else
+              f"{train.epochs:g} epoch(s) = {info['total_steps']} optimizer steps")
+    out += [f"| trainable parameters | {n_params:,} of {info['n_all']:,} ({100 * n_params / max(info['n_all'], 1):.2f}%) |",
+            (f"| optimizer | AdamW, lr {train.lr:g}, weight decay {train.weight_decay:g}, max grad norm "
+             f"{train.max_grad_norm:g}; {train.lr_scheduler} schedule, {train.warmup_steps} warm-up steps |"),
+            (f"| batch | {train.batch_size} examples per optimizer step ({info['accum']} × {train.micro_batch_size} × "
+             f"{metrics.get('processes', 1)} process(es)) |"),
+            (f"| length | {length}; {info['steps_per_epoch']} steps make an epoch; trained "
+             f"{metrics.get('train_steps')} |")]
+    if metrics.get("stopped_early_at"):
+        out.append(f"| early stopping | stopped at step {metrics['stopped_early_at']}: no lower validation loss in "
+                   f"{metrics.get('early_stopping_patience')} evaluations |")
+    if train.eval_every:
+        out.append(f"| validation during training | loss every {train.eval_every} steps; lowest kept in `best/` |")
+    out += [f"| seed | {train.seed} |",
+            f"| training time | {_duration(float(metrics.get('train_seconds') or 0))} (h:mm:ss) |", "",
+            "## Validation figures", ""]
+    if "val_loss" not in metrics:
+        out.append("No validation set was given (`data.validate` empty): no figures.")
+    else:
+        out += ["| figure | value |", "|---|---:|",
+                f"| validation loss (teacher forced, per response token), last step | {_figure(metrics['val_loss'], '{:.4f}')} |"]
+        if metrics.get("best_step"):
+            out.append(f"| lowest validation loss during training (step {metrics['best_step']}, the weights in "
+                       f"`best/`) | {_figure(metrics.get('best_val_loss'), '{:.4f}')} |")
+        if "rougeL" in metrics:
+            out += [(f"| ROUGE-1 / ROUGE-2 / ROUGE-L | {_figure(metrics.get('rouge1'))} / {_figure(metrics.get('rouge2'))}"
+                     f" / {_figure(metrics.get('rougeL'))} |"),
+                    (f"| ROUGE-L on the {metrics.get('n_abnormal', '?')} references that state a finding | "
+                     f"{_figure(metrics.get('rougeL_abnormal'))} |"),
+                    (f"| missed abnormal (% of those references whose impression here states no finding) | "
+                     f"{_figure(metrics.get('missed_abnormal'), '{:.1f}')} |"),
+                    (f"| finding precision / recall / F1 | {_figure(metrics.get('finding_precision'), '{:.1f}')} / "
+                     f"{_figure(metrics.get('finding_recall'), '{:.1f}')} / {_figure(metrics.get('finding_f1'), '{:.1f}')} |"),
+                    (f"| unsupported findings (% of stated findings; the references: "
+                     f"{_figure(metrics.get('unsupported_rate_references'), '{:.1f}')}) | "
+                     f"{_figure(metrics.get('unsupported_rate'), '{:.1f}')} |"), "",
+                    (f"Greedy decoding of {metrics.get('val_generated')} validation examples (max "
+                     f"{cfg.eval.max_new_tokens} new tokens, no repair). ROUGE as the published Open-i numbers are "
+                     "computed (`rouge_score`, no stemming, per-sample F1 averaged, ×100); \"states a finding\" is "
+                     "`radgpt.evaluate.faithfulness.is_abnormal`. All from `val_metrics.json`; `radgpt evaluate` "
+                     "gives them with confidence intervals.")]
+        else:
+            out += ["", "The validation set was not generated (`eval.generate: false`): no ROUGE figures."]
+    out += [""] + _contents(run, cfg, metrics, expected=("val_metrics.json",)) + [
+        "", "## Reproduce", "", "```bash",
+        f"radgpt finetune --config {run.name}/config.yaml out=runs/{run.name}-again   # the resolved config of this run",
+        "```", ""]
+    card.write_text("\n".join(out), encoding="utf-8")
+    return card
+
+
 def _write_log(path: Path, rows: list[dict]) -> None:
     if not rows:
         return
+    fields = list(dict.fromkeys(k for r in rows for k in r))  # rows from before a new column get it empty
     with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
         w.writeheader()
         w.writerows(rows)
 
@@ -552,18 +1121,82 @@ def _plot_loss(path: Path, rows: list[dict]) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1.5)
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1.5, label="train")
+    val = [(r["step"], r["val_loss"]) for r in rows if r.get("val_loss") not in (None, "")]
+    if val:
+        ax.plot(*zip(*val), "o-", ms=3, lw=1, label="validation")
+        ax.legend()
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("train loss (response tokens)")
+    ax.set_ylabel("loss (response tokens)")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
+def _field_comments(cls: type) -> dict[str, str]:
+    """Each field's comment in the dataclass source: the comment lines above it and the one after it."""
+    import ast
+    import inspect
+    import io
+    import textwrap
+    import tokenize
+
+    src = textwrap.dedent(inspect.getsource(cls))
+    comments = {t.start[0]: t.string.lstrip("#").strip() for t in tokenize.generate_tokens(io.StringIO(src).readline)
+                if t.type == tokenize.COMMENT}
+    code_lines = {n for n, line in enumerate(src.splitlines(), 1) if line.strip() and not line.strip().startswith("#")}
+    out = {}
+    for node in ast.parse(src).body[0].body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            above, n = [], node.lineno - 1
+            while n > 0 and n in comments and n not in code_lines:
+                above.insert(0, comments[n])
+                n -= 1
+            trailing = [comments[node.end_lineno]] if node.end_lineno in comments else []
+            out[node.target.id] = " ".join(above + trailing)
+    return out
+
+
+def config_help(width: int = 100) -> str:
+    """`radgpt finetune --help`'s list of config keys, from the dataclasses and their source comments."""
+    import dataclasses
+    import textwrap
+
+    def show(v) -> str:
+        text = "[" + ", ".join(map(str, v)) + "]" if isinstance(v, list) else ('""' if v == "" else str(v))
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    lines = ["config keys (in the --config YAML, or key=value after the options; default after =):"]
+
+    def walk(obj, prefix: str) -> None:
+        notes = _field_comments(type(obj))
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+                continue
+            head = f"  {prefix}{f.name} = {show(value)}"
+            text = head + (f"  — {notes[f.name]}" if notes.get(f.name) else "")
+            lines.extend(textwrap.wrap(text, width, subsequent_indent=" " * 6, break_on_hyphens=False))
+
+    walk(FinetuneConfig(), "")
+    return "\n".join(lines)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = config_help() + """
+
+examples:
+  radgpt finetune --config configs/smollm2-135m-cpu.yaml train.eval_every=50 train.early_stopping_patience=3
+  radgpt finetune --config configs/smollm2-135m-cpu.yaml data.train=out/inhouse \\
+      lora.init_from=models/radgpt-smollm2-135m out=runs/inhouse train.epochs=1   # adapt the shipped model
+  tensorboard --logdir runs/inhouse/runs                                          # watch a run"""
     p.add_argument("--config", help="YAML config (see configs/); key=value overrides follow")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in the run folder")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the last checkpoint in the run folder (a finished run: nothing is retrained; "
+                        "only end-of-run steps a kill left undone are run)")
     p.add_argument("inputs", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.epochs=1")
 
 

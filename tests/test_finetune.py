@@ -1,10 +1,13 @@
 """The training loop on a tiny in-process Llama: it learns, it only touches the adapter, it saves and
 reloads exactly, it resumes to the same result, and bad input gets a clear error."""
 
+import csv
 import json
+import math
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,17 @@ def tiny(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
 
 
+def _log(run: Path) -> list[dict]:
+    with open(run / "train_log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _small_validate(tmp_path: Path, n: int = 8) -> Path:
+    path = tmp_path / "validate.jsonl"
+    path.write_text("\n".join((REPO / "data/openi/clin-summ/validate.jsonl").read_text().splitlines()[:n]) + "\n")
+    return path
+
+
 def _cfg(tiny: Path, out: Path, *overrides: str) -> FinetuneConfig:
     base = [f"model.base={tiny}", f"out={out}", "data.max_train_samples=48", "train.batch_size=8",
             "train.micro_batch_size=4", "train.lr=5e-3", "train.save_every=0", "eval.generate=false",
@@ -37,9 +51,8 @@ def test_loss_decreases_and_only_the_adapter_changes(tiny, tmp_path):
     before = {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(tiny).state_dict().items()}
     cfg = _cfg(tiny, tmp_path / "run", "train.epochs=4", "train.lr=3e-2")
     m = finetune(cfg, log=lambda *a: None)
-    rows = [json.loads(json.dumps(r)) for r in __import__("csv").DictReader(open(tmp_path / "run/train_log.csv"))]
-    losses = [float(r["loss"]) for r in rows]
-    assert all(map(lambda x: x == x and x < 50, losses))  # finite
+    losses = [float(r["loss"]) for r in _log(tmp_path / "run")]
+    assert all(math.isfinite(x) and x < 50 for x in losses)
     assert sum(losses[-4:]) / 4 < sum(losses[:4]) / 4 - 0.5, losses
     assert m["val_loss"] < losses[0]
     # base weights untouched on disk; the adapter holds LoRA A/B matrices that moved away from init (B=0)
@@ -88,6 +101,12 @@ def test_resume_reproduces_the_uninterrupted_run(tiny, tmp_path):
     m_resumed = finetune(part, resume=True, log=lambda *a: None)
     assert m_resumed["train_steps"] == 6
     assert m_resumed["final_train_loss"] == pytest.approx(m_full["final_train_loss"], abs=1e-4)
+    # train_log.csv continues across the resume: tokens and elapsed_s are cumulative, not restarted
+    full_rows, rows = _log(tmp_path / "full"), _log(tmp_path / "part")
+    assert [r["step"] for r in rows] == [str(i) for i in range(1, 7)]
+    assert [r["tokens"] for r in rows] == [r["tokens"] for r in full_rows]
+    elapsed = [float(r["elapsed_s"]) for r in rows]
+    assert elapsed == sorted(elapsed) and elapsed[3] >= elapsed[2]
 
 
 def test_every_shipped_config_parses_and_builds(tiny, tmp_path):
@@ -96,7 +115,7 @@ def test_every_shipped_config_parses_and_builds(tiny, tmp_path):
     assert len(ft) >= 6
     for path in ft:
         first = path.read_text().splitlines()[0]
-        assert first.startswith("# radgpt finetune") or first.startswith("# accelerate"), path
+        assert first.startswith(("# radgpt finetune", "# accelerate")), path
         cfg = load_config(FinetuneConfig, path, [f"model.base={tiny}", "model.quantization=", "lora.init_from="])
         # a tiny Llama has the same projection names as the 7B families
         model = build_model(cfg, "cpu")
@@ -120,6 +139,12 @@ def test_bad_input_gets_clear_errors(tiny, tmp_path):
         finetune(_cfg(tiny, tmp_path / "r4", "model.quantization=4bit"), log=lambda *a: None)
     with pytest.raises(FatalError, match="not in this model"):
         finetune(_cfg(tiny, tmp_path / "r5", "lora.target_modules=[query_key_value]"), log=lambda *a: None)
+    with pytest.raises(FatalError, match="dataset file not found"):
+        finetune(_cfg(tiny, tmp_path / "r6", "data.train=./no/such.jsonl"), log=lambda *a: None)
+    with pytest.raises(FatalError, match="early_stopping_patience needs train.eval_every"):
+        finetune(_cfg(tiny, tmp_path / "r7", "train.early_stopping_patience=2"), log=lambda *a: None)
+    # a failed start leaves no (empty) run folder behind
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("r")]
 
 
 def test_long_examples_are_truncated_and_counted(tiny, tmp_path):
@@ -138,9 +163,9 @@ def test_data_parallel_run_matches_single_process(tiny, tmp_path):
     single = finetune(load_config(FinetuneConfig, None, args + [f"out={tmp_path / 's'}"]), log=lambda *a: None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29561",
            "-m", "radgpt", "finetune", *args, f"out={tmp_path / 'd'}"]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    rows = list(__import__("csv").DictReader(open(tmp_path / "d/train_log.csv")))
+    rows = _log(tmp_path / "d")
     assert float(rows[-1]["loss"]) == pytest.approx(single["final_train_loss"], abs=2e-3)
     assert (tmp_path / "d/adapter_model.safetensors").exists()
 
@@ -212,8 +237,161 @@ def test_lora_init_from_continues_a_saved_adapter_and_refuses_one_that_does_not_
     a = {n: p for n, p in first.named_parameters() if "lora_" in n}
     b = {n: p for n, p in cont.named_parameters() if "lora_" in n}
     assert a.keys() == b.keys() and all(torch.equal(a[k].float(), b[k].float()) for k in a)
-    with pytest.raises(FatalError, match="does not fit"):
+    with pytest.raises(FatalError, match=r"does not fit.*pass lora.r=4 lora.alpha=16"):
         build_model(load_config(FinetuneConfig, None, [f"model.base={tiny}", "lora.r=8",
                                                        f"lora.init_from={tmp_path / 'run'}"]), "cpu")
     with pytest.raises(FatalError, match="not found"):
         build_model(load_config(FinetuneConfig, None, [f"model.base={tiny}", f"lora.init_from={tmp_path}"]), "cpu")
+
+
+def test_the_shipped_adapter_fits_the_cpu_config_as_init_from():
+    """`lora.init_from=models/radgpt-smollm2-135m` with configs/smollm2-135m-cpu.yaml: the same rank, alpha,
+    target modules, base and prompt, so the shipped model can be adapted to a hospital's own reports."""
+    import yaml
+
+    shipped = REPO / "models/radgpt-smollm2-135m"
+    cfg = load_config(FinetuneConfig, REPO / "configs/smollm2-135m-cpu.yaml",
+                      [f"lora.init_from={shipped}"])
+    adapter = json.loads((shipped / "adapter_config.json").read_text())
+    assert (adapter["r"], adapter["lora_alpha"]) == (cfg.lora.r, cfg.lora.alpha)
+    assert sorted(adapter["target_modules"]) == sorted(cfg.lora.target_modules)
+    trained = yaml.safe_load((shipped / "config.yaml").read_text())
+    assert trained["model"]["base"] == cfg.model.base
+    assert (trained["data"]["template"], trained["data"]["retrieval_k"]) == (cfg.data.template, cfg.data.retrieval_k)
+
+
+def test_no_future_warning_from_building_the_model(tiny):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        build_model(load_config(FinetuneConfig, None, [f"model.base={tiny}", "lora.r=4"]), "cpu")
+    assert not [w for w in caught if issubclass(w.category, FutureWarning)], [str(w.message) for w in caught]
+
+
+def test_help_lists_the_config_keys_with_their_comments(capsys):
+    from radgpt.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    text = capsys.readouterr().out
+    for key in ("train.eval_every", "train.early_stopping_patience", "train.tensorboard", "lora.init_from",
+                "data.train", "lora.r = 8", "eval.generate"):
+        assert key in text, key
+    assert "the adapter with the lowest one is kept in best/" in " ".join(text.split())
+    assert "models/radgpt-smollm2-135m" in text
+
+
+def test_resume_on_a_finished_run_trains_nothing_and_keeps_val_metrics(tiny, tmp_path):
+    val = _small_validate(tmp_path)
+    cfg = _cfg(tiny, tmp_path / "run", "train.max_steps=3", "train.save_every=2", f"data.validate={val}",
+               "eval.generate=true", "eval.max_samples=4", "eval.max_new_tokens=8", "eval.batch_size=2")
+    lines = []
+    first = finetune(cfg, log=lines.append)
+    # progress: steps/s and an ETA per step; the validation generation reports how far it is
+    assert any("steps/s" in x and "ETA" in x and "loss" in x for x in lines if x.startswith("step "))
+    assert any(x.startswith("validation: generated 2/4") for x in lines)
+    run = tmp_path / "run"
+    kept = {n: (run / n).read_bytes() for n in ("val_metrics.json", "val_predictions.jsonl", "train_log.csv",
+                                                 "adapter_model.safetensors", "README.md")}
+    lines.clear()
+    again = finetune(cfg, resume=True, log=lines.append)
+    assert again == first and any("run already finished" in x for x in lines)
+    assert all((run / n).read_bytes() == b for n, b in kept.items())
+    # killed during the end-of-run validation: only the missing steps run, nothing is trained
+    (run / "val_metrics.json").unlink()
+    lines.clear()
+    redone = finetune(cfg, resume=True, log=lines.append)
+    assert any("training finished at step 3" in x for x in lines)
+    assert not any(x.startswith("step ") for x in lines)
+    assert redone["train_steps"] == 3 and redone["val_loss"] == pytest.approx(first["val_loss"], abs=1e-5)
+    assert (run / "train_log.csv").read_bytes() == kept["train_log.csv"]
+    assert (run / "adapter_model.safetensors").read_bytes() == kept["adapter_model.safetensors"]
+    assert json.loads((run / "val_metrics.json").read_text())["train_steps"] == 3
+    # the model card: PEFT's empty one replaced by the run's own
+    card = (run / "README.md").read_text()
+    assert "More Information Needed" not in card
+    for section in ("## Licence", "## Intended use", "## Base model", "## Data", "## Recipe", "## Validation figures",
+                    "## What this folder contains"):
+        assert section in card, section
+    assert "CC BY-NC-ND 4.0" in card and "license: cc-by-nc-nd-4.0" in card  # trained on the OpenI train file
+    assert "LoRA r=4, alpha=16" in card and "| training | `train.jsonl` | 48 |" in card
+    assert "| validation | `validate.jsonl` | 8 |" in card and "not a diagnosis" in card
+    assert f"{first['rougeL']:.2f}" in card
+    assert "| `val_predictions.jsonl` |" in card and "| YES, the validation references verbatim |" in card
+    assert "| `val_metrics.json` |" in card and str(tmp_path) not in card  # file names only, no paths
+
+
+def test_eval_every_keeps_the_best_adapter_and_early_stopping_stops(tiny, tmp_path):
+    pytest.importorskip("tensorboard")
+    from safetensors.torch import load_file
+
+    val = _small_validate(tmp_path)
+    # learning: validation loss every 2 steps, the lowest one's adapter in best/
+    run = tmp_path / "run"
+    m = finetune(_cfg(tiny, run, "train.max_steps=4", "train.eval_every=2", "train.save_every=2",
+                      "train.keep_checkpoints=5", f"data.validate={val}", "train.lr=3e-2"), log=lambda *a: None)
+    rows = _log(run)
+    losses = {int(r["step"]): float(r["val_loss"]) for r in rows if r["val_loss"]}
+    assert sorted(losses) == [2, 4]
+    assert m["best_step"] == min(losses, key=losses.get) and m["best_val_loss"] == pytest.approx(min(losses.values()))
+    best = load_file(str(run / "best/adapter_model.safetensors"))
+    at_step = load_file(str(run / f"checkpoints/step-{m['best_step']:06d}/trainable.safetensors"))
+    assert {k.replace(".default", ""): v for k, v in at_step.items()}.keys() == best.keys()
+    assert all(torch.equal(v, best[k.replace(".default", "")]) for k, v in at_step.items())
+    assert (run / "best/config.yaml").exists() and "More Information Needed" not in (run / "best/README.md").read_text()
+    assert f"step {m['best_step']}, the weights in `best/`" in (run / "README.md").read_text()
+    # TensorBoard event files, written by the tensorboard package, in runs/
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert list((run / "runs").glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(run / "runs"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/loss")] == [2, 4]
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+    # early stopping: with lr 0 the validation loss never improves after the first evaluation
+    stopped = tmp_path / "stopped"
+    lines = []
+    m = finetune(_cfg(tiny, stopped, "train.max_steps=20", "train.eval_every=1", "train.early_stopping_patience=2",
+                      f"data.validate={val}", "train.lr=0", "train.tensorboard=false"), log=lines.append)
+    assert m["stopped_early_at"] == 3 and m["train_steps"] == 3 and m["best_step"] == 1
+    assert len(_log(stopped)) == 3 and any("early stopping at step 3" in x for x in lines)
+    assert not (stopped / "runs").exists()
+    assert "stopped at step 3" in (stopped / "README.md").read_text()
+    lines.clear()
+    assert finetune(_cfg(tiny, stopped, "train.max_steps=20", "train.eval_every=1", "train.early_stopping_patience=2",
+                         f"data.validate={val}", "train.lr=0"), resume=True, log=lines.append) == m
+    assert any("run already finished" in x for x in lines)
+
+
+def test_data_train_takes_a_prepared_folder_and_says_what_is_wrong_with_others(tiny, tmp_path):
+    from radgpt.cli import main
+
+    rows = [json.loads(x) for x in (REPO / "data/openi/clin-summ/train.jsonl").read_text().splitlines()[:60]]
+    reports = tmp_path / "hospital.jsonl"
+    reports.write_text("".join(json.dumps({"id": f"r{i}", "patient_id": f"p{i}", "findings": r["inputs"],
+                                           "impression": r["target"]}) + "\n" for i, r in enumerate(rows)))
+    assert main(["prepare", str(reports), "--out", str(tmp_path / "prepared"), "--quiet"]) == 0
+    n_train = len((tmp_path / "prepared/alpaca/train.jsonl").read_text().splitlines())
+    n_val = len((tmp_path / "prepared/alpaca/validate.jsonl").read_text().splitlines())
+    # data.validate left at its default (OpenI): the folder's own validate split is used instead
+    cfg = load_config(FinetuneConfig, None, [f"model.base={tiny}", f"out={tmp_path / 'run'}", "train.batch_size=8",
+                                             "train.micro_batch_size=4", "train.max_steps=1", "eval.generate=false",
+                                             "lora.r=4", f"data.train={tmp_path / 'prepared'}"])
+    m = finetune(cfg, log=lambda *a: None)
+    assert m["train_examples"] == n_train and "val_loss" in m
+    import yaml
+
+    data = yaml.safe_load((tmp_path / "run/config.yaml").read_text())["data"]
+    assert data["train"].endswith("prepared/alpaca/train.jsonl")
+    assert data["validate"].endswith("prepared/alpaca/validate.jsonl")
+    card = (tmp_path / "run/README.md").read_text()
+    assert "license: unknown" in card and "not known to radgpt" in card and "CC BY-NC-ND" not in card
+    assert f"| validation | `validate.jsonl` | {n_val} |" in card
+    # folders that are not a prepared dataset: say exactly what is wrong, and leave no run folder
+    assert main(["prepare", str(reports), "--out", str(tmp_path / "inference"), "--quiet", "--for-inference"]) == 0
+    with pytest.raises(FatalError, match="--for-inference"):
+        finetune(_cfg(tiny, tmp_path / "r1", f"data.train={tmp_path / 'inference'}"), log=lambda *a: None)
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain/notes.txt").write_text("x")
+    with pytest.raises(FatalError, match=r"a folder, not a dataset file.*holds: notes.txt"):
+        finetune(_cfg(tiny, tmp_path / "r2", f"data.train={tmp_path / 'plain'}"), log=lambda *a: None)
+    assert not (tmp_path / "r1").exists() and not (tmp_path / "r2").exists()
