@@ -156,13 +156,14 @@ def _tables(result: dict) -> list[tuple[str, str, list[str], list[list[str]]]]:
     return out
 
 
-def _value(v, limit: int | None = 100) -> str:
-    """One provenance value as text: dicts as k=v, long texts cut (in full in report.json)."""
+def _value(v, limit: int | None = 160) -> str:
+    """One provenance value as text: dicts (decoding) in full as k=v, long texts (an instruction) cut
+    (in full in report.json)."""
     if v is None:
         return "–"
     if isinstance(v, dict):
-        text = ", ".join(f"{k}={_value(x, None)}" for k, x in v.items())
-    elif isinstance(v, (list, tuple)):
+        return ", ".join(f"{k}={_value(x, limit)}" for k, x in v.items())
+    if isinstance(v, (list, tuple)):
         text = ", ".join(_value(x, None) for x in v)
     else:
         text = str(v)
@@ -303,7 +304,7 @@ def plots(result: dict) -> dict[str, str]:
                    color=colour[name])
         ax.set_xticks(x, [label(m) for m in key], rotation=15)
         ax.set_ylabel("score (0–100), 95% CI")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         out["Scores with 95% confidence intervals"] = _png(fig)
 
     pl = result["per_label"]
@@ -337,7 +338,7 @@ def plots(result: dict) -> dict[str, str]:
                         color=colour[name])
             ax.set_xlabel(f"per-sample {label(m)}")
             ax.set_ylabel("reports")
-        axes[0][0].legend(fontsize=8)
+        axes[0][-1].legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         out["Per-sample score distributions"] = _png(fig)
     return out
 
@@ -345,7 +346,8 @@ def plots(result: dict) -> dict[str, str]:
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.5em;font-size:14px}th,td{border:1px solid #ccc;padding:3px 8px}
 th{background:#f0f0f0}td{text-align:right}td:first-child{text-align:left}.note{color:#555;font-size:13px}
-td.t{text-align:left;max-width:36em}td.h{font-family:monospace;font-size:12px;word-break:break-all}
+td.t{text-align:left;max-width:36em}td.h{text-align:left;font-family:monospace;font-size:12px;word-break:break-all}
+td.m{white-space:nowrap}
 .case{border-top:1px solid #ddd;margin-top:1em}.findings{font-size:13px;color:#333;max-width:60em}
 .missed{color:#b00;font-weight:600}.swatch{display:inline-block;width:.8em;height:.8em;margin-right:.3em;border-radius:2px}
 img{max-width:100%}"""
@@ -396,7 +398,7 @@ def to_html(result: dict, images: dict[str, str]) -> str:
                 parts.append(f"<p class='findings'><b>Findings:</b> {e(findings)}</p>")
             parts.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
             for r in rows:
-                cells = [f"<td>{who(r[0])}</td>", f"<td class='t'>{e(r[1])}</td>"]
+                cells = [f"<td class='m'>{who(r[0])}</td>", f"<td class='t'>{e(r[1])}</td>"]
                 cells += [f"<td>{e(c)}</td>" for c in r[2:-2]]
                 missed_cls = " missed" if r[-2].startswith("MISSED") else ""
                 cells += [f"<td class='t{missed_cls}'>{e(r[-2])}</td>", f"<td class='t'>{e(r[-1])}</td>"]
