@@ -35,7 +35,7 @@ FINDINGS_FIELDS = ("findings", "inputs")
 PRED_FIELDS = ("impression", "prediction", "output", "generated", "text")
 # Read from the top level of a prediction line when it has no "provenance" object.
 PROVENANCE_KEYS = ("model", "kind", "backend", "adapter_sha256", "base", "model_path", "endpoint", "endpoint_model",
-                   "device", "quantization", "prompt_template", "shots", "preset", "decoding")
+                   "device", "quantization", "prompt_template", "prompting", "shots", "preset", "decoding")
 MIXED = "mixed"
 
 

@@ -30,7 +30,7 @@ METRIC_LABELS = {
 }
 # Provenance keys in the order a reader looks for them; the others follow in the order the lines have them.
 _PROV_ORDER = ("model", "kind", "backend", "base", "adapter_sha256", "model_path", "endpoint", "endpoint_model",
-               "device", "autocast", "compute_type", "quantization", "export", "prompt_template", "shots", "preset",
+               "device", "autocast", "compute_type", "quantization", "export", "prompt_template", "prompting", "shots", "preset",
                "decoding", "instruction", "cases")
 
 
