@@ -1,5 +1,8 @@
 """Reader study: creation, blinding/randomisation, roles, CSRF, rating validation, sessions, sign-in
-throttling, cross-origin refusal (in-process)."""
+throttling, cross-origin refusal, identical candidates, time per case, schema upgrades (in-process).
+
+Every test that stores a study runs on SQLite and on PostgreSQL (`new_db`, radgpt.study.testing; the
+PostgreSQL runs need RADGPT_TEST_POSTGRES_URL, which `make postgres` and .ci/run provide)."""
 
 from __future__ import annotations
 
@@ -19,10 +22,24 @@ from radgpt.errors import FatalError
 from radgpt.study import auth, throttle
 from radgpt.study.app import create_app
 from radgpt.study.create import Fields, assign_reader, blinding_codes, create_study, reader_plan, select_cases
-from radgpt.study.models import (Assignment, AuthSession, Candidate, Case, LoginThrottle, Rating, Slot, Study,
-                                 System, User, open_db)
+from radgpt.study.models import (
+    Assignment,
+    AuthSession,
+    Candidate,
+    Case,
+    LoginThrottle,
+    Rating,
+    Slot,
+    Study,
+    System,
+    User,
+    open_db,
+)
+from radgpt.study.synthetic import _NORMAL_FINDINGS as NORMAL_FINDINGS
 from radgpt.study.synthetic import make_study, write_files
 
+# fixtures `backend` and `new_db`: each storage test runs on SQLite and on PostgreSQL
+pytest_plugins = ["radgpt.study.testing"]
 PW = "correct-horse-battery"
 MODELS = ("alpha", "beta", "gamma")
 FULL = {"understandability": 4, "coherence": 5, "relevance": 3, "conciseness": 2, "clinical_utility": 4}
@@ -47,12 +64,21 @@ def item_tokens(client: TestClient) -> list[str]:
     return re.findall(r'href="/item/([^"]+)"', client.get("/read?list").text)
 
 
-@pytest.fixture
-def study(tmp_path):
-    db = str(tmp_path / "study.db")
+def _study(db: str, tmp_path):
     summary = make_study(db, tmp_path / "files", readers=["alice", "bob"], password=PW, seed=7,
                          include_reference=True, n_cases=6)
     return db, summary
+
+
+@pytest.fixture
+def study(new_db, tmp_path):
+    return _study(new_db(), tmp_path)
+
+
+@pytest.fixture
+def sqlite_study(tmp_path):
+    """For the tests about SQLite files themselves (old files made by earlier versions)."""
+    return _study(str(tmp_path / "study.db"), tmp_path)
 
 
 @pytest.fixture
@@ -98,11 +124,11 @@ def test_stratified_selection_balanced_and_seeded():
     assert len(select_cases(strata, 20, "random", seed=5)) == 20
 
 
-def test_files_covering_different_cases_are_named(tmp_path):
+def test_files_covering_different_cases_are_named(tmp_path, new_db):
     ref, preds = write_files(tmp_path, n_cases=5)
     lines = preds[1][1].read_text().splitlines()
     preds[1][1].write_text("\n".join(lines[:3]) + "\n")  # beta lacks two cases
-    _, Session = open_db(str(tmp_path / "s.db"), create=True)
+    _, Session = open_db(new_db(), create=True)
     args = [(m, p.name, p.read_text()) for m, p in preds]
     with pytest.raises(FatalError) as e:
         create_study(Session, (ref.name, ref.read_text()), args)
@@ -112,22 +138,22 @@ def test_files_covering_different_cases_are_named(tmp_path):
     assert summary["cases"] == 3
 
 
-def test_cli_create_reports_coverage_error(tmp_path, capsys):
+def test_cli_create_reports_coverage_error(tmp_path, capsys, new_db):
     ref, preds = write_files(tmp_path, n_cases=4)
     extra = tmp_path / "extra.jsonl"
     extra.write_text(preds[0][1].read_text() + json.dumps({"id": "zzz", "impression": "x"}) + "\n")
-    rc = main(["study", "create", "--db", str(tmp_path / "s.db"), "--references", str(ref),
+    rc = main(["study", "create", "--db", new_db(), "--references", str(ref),
                "--predictions", f"one={preds[0][1]}", str(extra)])
     err = capsys.readouterr().err
     assert rc == 2 and "extra.jsonl has 1 cases not in" in err and "zzz" in err
     assert err.count("\n") == 1  # one clear line, no traceback
 
 
-def test_clin_summ_references_and_field_overrides(tmp_path):
+def test_clin_summ_references_and_field_overrides(tmp_path, new_db):
     refs = [{"idx": i, "inputs": f"findings {i}", "target": "No acute disease." if i % 2 else "Effusion."}
             for i in range(4)]
     preds = [{"case": i, "text": "t"} for i in range(4)]
-    _, Session = open_db(str(tmp_path / "s.db"), create=True)
+    _, Session = open_db(new_db(), create=True)
     ref_text = "".join(json.dumps(r) + "\n" for r in refs)
     pred_text = "".join(json.dumps(r) + "\n" for r in preds)
     with pytest.raises(FatalError, match="case id field"):
@@ -150,7 +176,8 @@ def test_no_model_identity_in_reader_pages_or_api(study, client):
         seen.append(client.get(f"/item/{tok}").text)
         data = client.get(f"/api/items/{tok}").json()
         seen.append(json.dumps(data))
-        assert len(data["candidates"]) == 4  # 3 models + the blinded reference
+        # 3 models + the blinded reference; where alpha wrote the reference's very text, that text once
+        assert len(data["candidates"]) == (3 if data["findings"] in NORMAL_FINDINGS else 4)
         assert set(data["candidates"][0]) == {"slot", "label", "text", "rating"}
         r = put(client, data["candidates"][0]["slot"], FULL, csrf)
         seen.append(r.text)
@@ -269,8 +296,8 @@ def test_login_security(study, client):
         assert client.cookies.get("radgpt_study") not in {x.token_hash for x in s.scalars(select(AuthSession))}
 
 
-def test_admin_creates_study_on_the_web_and_invites_a_reader(tmp_path):
-    db = str(tmp_path / "web.db")
+def test_admin_creates_study_on_the_web_and_invites_a_reader(tmp_path, new_db):
+    db = new_db()
     _, Session = open_db(db, create=True)
     from radgpt.study import auth
 
@@ -321,10 +348,10 @@ def test_cli_add_reader_and_analyze(study, tmp_path, capsys):
     assert len((out / "ratings.csv").read_text().splitlines()) == 1 + 3 * 4
 
 
-def test_pairwise_study_shows_reference_and_requires_preference(tmp_path):
-    db = str(tmp_path / "pair.db")
+def test_pairwise_study_shows_reference_and_requires_preference(tmp_path, new_db):
+    db = new_db()
     with pytest.raises(FatalError, match="exclude each other"):
-        make_study(str(tmp_path / "bad.db"), tmp_path / "f0", readers=[], password=PW, include_reference=True,
+        make_study(new_db(), tmp_path / "f0", readers=[], password=PW, include_reference=True,
                    pairwise=True)
     make_study(db, tmp_path / "files", readers=["alice"], password=PW, n_cases=4, pairwise=True)
     with TestClient(create_app(db)) as c:
@@ -395,12 +422,12 @@ def seed_search(files, username: str, seen, guesses) -> int | None:
     return None
 
 
-def test_seed_search_cannot_unblind_a_study(tmp_path):
+def test_seed_search_cannot_unblind_a_study(tmp_path, new_db):
     # The probe of issue #16: orders came from seed 0 (the default) and --pred order, so one reader's pages
     # and a search over small seeds mapped every candidate. The search below does find a chosen small seed
     # (so it is a working attack); against the default secret seed it finds nothing.
     def study_seen(name, **kwargs):
-        db = str(tmp_path / f"{name}.db")
+        db = new_db()
         make_study(db, tmp_path / name, readers=["alice"], password=PW, n_cases=6, include_reference=True,
                    **kwargs)
         with TestClient(create_app(db)) as c:
@@ -424,8 +451,8 @@ def test_seed_search_cannot_unblind_a_study(tmp_path):
         assert seed not in admin.get("/admin").text
 
 
-def test_candidate_ids_do_not_follow_the_pred_order(tmp_path):
-    db = str(tmp_path / "s.db")
+def test_candidate_ids_do_not_follow_the_pred_order(tmp_path, new_db):
+    db = new_db()
     make_study(db, tmp_path / "files", readers=[], password=PW, n_cases=12)
     _, Session = open_db(db)
     with Session() as s:
@@ -436,9 +463,9 @@ def test_candidate_ids_do_not_follow_the_pred_order(tmp_path):
     assert len({tuple(o) for o in orders.values()}) > 1  # not one fixed (input) order for every case
 
 
-def test_old_study_with_an_integer_seed_still_works(study, tmp_path, capsys, monkeypatch):
-    # Made before seeds were secret: `seed INTEGER` holding 0, and no login_throttle table.
-    db, _ = study
+def test_old_study_with_an_integer_seed_still_works(sqlite_study, tmp_path, capsys, monkeypatch):
+    # Made before seeds were secret: `seed INTEGER` holding 0, and no login_throttle table (a SQLite file).
+    db, _ = sqlite_study
     with sqlite3.connect(db) as con:
         con.executescript("""
             ALTER TABLE study RENAME TO study_new;
@@ -452,8 +479,8 @@ def test_old_study_with_an_integer_seed_still_works(study, tmp_path, capsys, mon
     _, Session = open_db(db)
     with Session() as s:
         assert s.scalar(select(Study.seed)) == 0  # read back as the int it was: the old orders, reproduced
-        cases = {}
-        for cand, case in s.execute(select(Candidate.id, Candidate.case_id)):
+        cases = {}  # the candidates shown (an old study has no merged ones: all of them)
+        for cand, case in s.execute(select(Candidate.id, Candidate.case_id).where(Candidate.same_as_id.is_(None))):
             cases.setdefault(case, []).append(cand)
         got = [(a.case_id, [sl.candidate_id for sl in s.scalars(select(Slot).where(Slot.assignment_id == a.id)
                                                                 .order_by(Slot.position))])
@@ -481,8 +508,10 @@ def attempt(client: TestClient, user: str, password: str):
 
 def later(db: str, seconds: float = 100) -> None:
     """Let the back-off pass without sleeping: every recorded failure moves into the past."""
-    with sqlite3.connect(db) as con:
-        con.execute("UPDATE login_throttle SET last_failure = last_failure - ?", (seconds,))
+    engine, Session = open_db(db)
+    with Session.begin() as s:
+        s.execute(update(LoginThrottle).values(last_failure=LoginThrottle.last_failure - seconds))
+    engine.dispose()
 
 
 def test_login_back_off_then_lock_until_unlock(study, client, capsys):

@@ -1,8 +1,10 @@
 """The real server as a subprocess: kill -9 in the middle of a rating session loses no acknowledged rating;
-slow clients are disconnected; nothing a client sends reaches the server's log."""
+20 readers saving at once lose or duplicate nothing; slow clients are disconnected; nothing a client sends
+reaches the server's log. The storage tests run on SQLite and on PostgreSQL (radgpt.study.testing)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import selectors
@@ -12,12 +14,16 @@ import threading
 import time
 
 import httpx
-from sqlalchemy import select
+from argon2 import PasswordHasher
+from sqlalchemy import func, select
 
+from radgpt.study import auth
 from radgpt.study.criteria import NAMES
 from radgpt.study.models import Rating, Slot, open_db
 from radgpt.study.synthetic import free_port, make_study, start_server
 
+# fixtures `backend` and `new_db`: each storage test runs on SQLite and on PostgreSQL
+pytest_plugins = ["radgpt.study.testing"]
 PW = "correct-horse-battery"
 
 
@@ -29,8 +35,8 @@ def sign_in(base: str, user: str) -> tuple[httpx.Client, str]:
     return c, re.search(r'name="csrf-token" content="([^"]+)"', listing).group(1)
 
 
-def test_kill_minus_9_loses_no_acknowledged_rating(tmp_path):
-    db = str(tmp_path / "study.db")
+def test_kill_minus_9_loses_no_acknowledged_rating(tmp_path, new_db):
+    db = new_db()
     make_study(db, tmp_path / "files", readers=["alice", "bob"], password=PW, n_cases=10)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -96,6 +102,71 @@ def test_kill_minus_9_loses_no_acknowledged_rating(tmp_path):
         server.wait(10)
 
 
+def test_twenty_readers_saving_at_once_lose_and_duplicate_nothing(tmp_path, new_db, monkeypatch):
+    # bench/bench_study_load.py, small: 20 readers sign in through the form, then all save back to back with
+    # no think time; afterwards every acknowledged rating is in the database with the values last sent.
+    db = new_db()
+    readers = [f"reader{i:02d}" for i in range(20)]
+    # cheap argon2 parameters, stored in the hashes, so the server's checks are cheap too: 40 hashes at the
+    # defaults take ~15 s on a busy 2-core machine, and sign-ins are not what this test is about
+    monkeypatch.setattr(auth, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+    make_study(db, tmp_path / "files", readers=readers, password=PW, n_cases=4)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    server = start_server(db, port)
+    per_reader = 8
+    sent: dict[str, dict] = {}
+    errors: list[str] = []
+
+    async def reader(name: str, n: int) -> None:
+        async with httpx.AsyncClient(base_url=base, timeout=60) as c:
+            token = re.search(r'name="csrf" value="([^"]+)"', (await c.get("/login")).text).group(1)
+            await c.post("/login", data={"username": name, "password": PW, "csrf": token, "next": "/"})
+            listing = (await c.get("/read?list")).text
+            csrf = re.search(r'name="csrf-token" content="([^"]+)"', listing).group(1)
+            slots = [x["slot"] for item in re.findall(r'href="/item/([^"]+)"', listing)
+                     for x in (await c.get(f"/api/items/{item}")).json()["candidates"]]
+            signed_in.append(name)
+            await ready.wait()  # everyone signed in: now all save at once
+            for k in range(per_reader):
+                slot = slots[k % len(slots)]  # 12 candidates, 8 saves: no slot twice, all readers at once
+                body = {c_: (n + k + i) % 5 + 1 for i, c_ in enumerate(NAMES)} | {"comment": f"{name} {k}",
+                                                                                 "seconds": 1.5 + k}
+                r = await c.put(f"/api/ratings/{slot}", json=body, headers={"X-CSRF-Token": csrf})
+                if r.status_code == 200:
+                    sent[slot] = body
+                else:
+                    errors.append(f"{name}: {r.status_code} {r.text[:200]}")
+
+    async def main():
+        tasks = [asyncio.create_task(reader(name, n)) for n, name in enumerate(readers)]
+        while len(signed_in) < len(readers) and not any(t.done() for t in tasks):
+            await asyncio.sleep(0.05)
+        ready.set()
+        await asyncio.gather(*tasks)
+
+    signed_in: list[str] = []
+    ready = asyncio.Event()
+    try:
+        asyncio.run(main())
+    finally:
+        server.kill()
+        server.wait(10)
+    assert errors == []
+    assert len(sent) == 20 * per_reader
+    engine, Session = open_db(db)
+    with Session() as s:
+        stored = {tok: r for tok, r in s.execute(select(Slot.token, Rating).join(Rating, Rating.slot_id == Slot.id))}
+        n_rows = s.scalar(select(func.count(Rating.id)))
+    engine.dispose()
+    assert n_rows == len(sent)  # none lost, none duplicated
+    for slot, body in sent.items():
+        got = stored[slot]
+        assert {k: getattr(got, k) for k in NAMES} == {k: body[k] for k in NAMES}
+        assert got.comment == body["comment"] and got.seconds == body["seconds"]
+        assert got.updated_at.tzinfo is not None and got.updated_at.utcoffset().total_seconds() == 0
+
+
 def test_slow_clients_are_disconnected(tmp_path):
     # uvicorn alone held connections that trickle header bytes (or send nothing) for ever: 32 for 70 s.
     db = str(tmp_path / "study.db")
@@ -159,8 +230,8 @@ def test_slow_clients_are_disconnected(tmp_path):
         server.wait(10)
 
 
-def test_nothing_a_client_sends_reaches_the_server_log(tmp_path):
-    db = str(tmp_path / "study.db")
+def test_nothing_a_client_sends_reaches_the_server_log(tmp_path, new_db):
+    db = new_db()
     make_study(db, tmp_path / "files", readers=["alice"], password=PW, n_cases=2)
     port = free_port()
     server = start_server(db, port)
@@ -171,12 +242,20 @@ def test_nothing_a_client_sends_reaches_the_server_log(tmp_path):
         slot = c.get(f"/api/items/{item}").json()["candidates"][0]["slot"]
         hdr = {"X-CSRF-Token": csrf, "Content-Type": "application/json"}
         bodies = [f'{{"comment": "\\ud800 {mark}"}}', f'{{"coherence": "{mark}"}}', f'{{"{mark}": 1}}',
-                  f'{{"comment": "{mark}', f'{{"coherence": true, "comment": "{mark}"}}']
+                  f'{{"comment": "{mark}', f'{{"coherence": true, "comment": "{mark}"}}',
+                  f'{{"comment": "\\u0000 {mark}"}}', f'{{"seconds": "{mark}"}}']
         codes = [c.put(f"/api/ratings/{slot}", content=b.encode(), headers=hdr) for b in bodies]
-        assert [r.status_code for r in codes] == [400, 422, 422, 422, 422]
+        assert [r.status_code for r in codes] == [400, 422, 422, 422, 422, 422, 422]
+        # a NUL in a URL token or a user name (PostgreSQL text cannot hold one: these were 500s there)
+        codes += [c.get(f"/item/{mark}%00"), c.put(f"/api/ratings/{mark}%00", json={}, headers=hdr)]
+        assert [r.status_code for r in codes[-2:]] == [404, 404]
         assert not any(mark in r.text for r in codes)
         bad_login = c.post("/login", data={"username": mark, "password": mark, "csrf": mark})
         assert bad_login.status_code == 403 and mark not in bad_login.text
+        c.cookies.set("radgpt_login_csrf", "t")
+        nul_login = c.post("/login", data={"username": f"{mark}\x00", "password": mark, "csrf": "t"},
+                           follow_redirects=False)
+        assert nul_login.status_code == 303 and "failed=1" in nul_login.headers["location"]
     finally:
         server.terminate()
         server.wait(10)

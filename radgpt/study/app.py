@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import secrets
 import sys
 import threading
@@ -29,7 +30,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import and_, bindparam, case, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -41,7 +42,18 @@ from radgpt.study import auth, throttle
 from radgpt.study.create import Fields, assign_all_readers, create_study
 from radgpt.study.criteria import CRITERIA, NAMES, PREFERENCES, SCALE
 from radgpt.study.export import rating_rows, to_csv
-from radgpt.study.models import Assignment, Candidate, Case, Rating, Slot, Study, System, User, open_db
+from radgpt.study.models import (
+    Assignment,
+    Candidate,
+    Case,
+    Rating,
+    Slot,
+    Study,
+    System,
+    User,
+    open_db,
+    utcnow,
+)
 
 HERE = Path(__file__).parent
 COOKIE = "radgpt_study"
@@ -76,6 +88,15 @@ class RatingIn(BaseModel):
     clinical_utility: int | None = Field(None, ge=1, le=5)
     comment: str = Field("", max_length=5000)
     preference: str | None = None
+    # seconds on the case's page from the case being shown to this save (the page measures it, visible time)
+    seconds: float | None = Field(None, ge=0, le=86400)
+
+    @field_validator("comment")
+    @classmethod
+    def _no_nul(cls, value: str) -> str:
+        if "\x00" in value:  # PostgreSQL text cannot hold it; refused on SQLite too, alike
+            raise ValueError("holds a NUL character (\\u0000), which cannot be stored")
+        return value
 
 
 # JSON can escape a lone surrogate ("\ud800") that is no Unicode text and that no database stores as UTF-8;
@@ -119,6 +140,9 @@ class JsonOnly:
         await self.app(scope, receive, send)
 
 
+TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")  # secrets.token_urlsafe: what item and slot URLs carry
+
+
 def _safe_next(url: str | None) -> str:
     # Only same-site paths: an open redirect after login would be a phishing aid.
     if url and url.startswith("/") and not url.startswith("//") and "\\" not in url:
@@ -145,7 +169,7 @@ def create_app(db: str, session_hours: float = 12.0, allowed_hosts: list[str] | 
     # SQLite has one writer at a time and its busy handler waits by sleeping (1, 2, 5 … 100 ms), which
     # gives a long latency tail under load; queueing this process's writers on a lock keeps them in order.
     write_lock = threading.Lock() if engine.dialect.name == "sqlite" else contextlib.nullcontext()
-    rating_cols = [*NAMES, "comment", "preference", "reader_id", "updated_at"]
+    rating_cols = [*NAMES, "comment", "preference", "seconds", "reader_id", "updated_at"]
     insert = upsert(Rating).values({c: bindparam(c) for c in ["slot_id", *rating_cols]})
     save_stmt = insert.on_conflict_do_update(index_elements=[Rating.slot_id],
                                              set_={c: insert.excluded[c] for c in rating_cols})
@@ -238,6 +262,8 @@ def create_app(db: str, session_hours: float = 12.0, allowed_hosts: list[str] | 
         return flags["pairwise"]
 
     def owned_assignment(s, user: User, token: str) -> Assignment:
+        if not TOKEN.fullmatch(token):  # never sent to the database (PostgreSQL refuses a NUL in it: a 500)
+            raise HTTPException(404, "no such item")
         a = s.scalar(select(Assignment).where(Assignment.token == token))
         if a is None:
             raise HTTPException(404, "no such item")
@@ -263,11 +289,13 @@ def create_app(db: str, session_hours: float = 12.0, allowed_hosts: list[str] | 
         candidates = []
         for token, pos, text, r in rows:
             rating = {c: (getattr(r, c) if r else None) for c in NAMES}
-            rating.update({"comment": r.comment if r else "", "preference": r.preference if r else None})
+            rating.update({"comment": r.comment if r else "", "preference": r.preference if r else None,
+                           "seconds": r.seconds if r else None})
             candidates.append({"slot": token, "label": f"Candidate {pos + 1}", "text": text, "rating": rating})
         done = complete_assignments(s, user.id, study.pairwise)
         view = {
             "item": a.token, "number": a.position + 1, "total": total, "findings": case.findings,
+            "indication": case.indication,
             "candidates": candidates, "complete": done.get(a.id, False),
             "prev": neighbours.get(a.position - 1), "next": neighbours.get(a.position + 1),
             "progress": {"done": sum(done.values()), "total": len(done)},
@@ -314,6 +342,8 @@ def create_app(db: str, session_hours: float = 12.0, allowed_hosts: list[str] | 
         if not cookie or not secrets.compare_digest(cookie, csrf):
             raise HTTPException(403, "the login form expired; reload the page")
         address = request.client.host if request.client else ""
+        if not auth.USERNAME.match(username):  # no account has such a name; never sent to the database
+            return RedirectResponse(f"/login?failed=1&next={quote(_safe_next(next))}", status_code=303)
         try:
             await run_in_threadpool(throttled, username, address)  # refused before queueing for a hash
             token = await asyncio.get_running_loop().run_in_executor(hashing, sign_in, username, password,
@@ -390,6 +420,8 @@ def create_app(db: str, session_hours: float = 12.0, allowed_hosts: list[str] | 
         with engine.connect() as conn:
             user, sess = current(request, conn)
             check_csrf(sess, request.headers.get("X-CSRF-Token"))
+            if not TOKEN.fullmatch(slot_token):
+                raise HTTPException(404, "no such candidate")
             row = conn.execute(
                 select(Slot.id, Assignment.reader_id, Slot.assignment_id)
                 .join(Assignment, Assignment.id == Slot.assignment_id)
@@ -404,7 +436,7 @@ def create_app(db: str, session_hours: float = 12.0, allowed_hosts: list[str] | 
             if body.preference is not None and (not pairwise or body.preference not in PREFERENCES):
                 raise HTTPException(422, f"preference must be one of {list(PREFERENCES)} in a pairwise study")
             values = body.model_dump()
-            values.update(slot_id=slot_id, reader_id=user.id, updated_at=time.time())
+            values.update(slot_id=slot_id, reader_id=user.id, updated_at=utcnow())
             # One statement, one transaction: the unique slot makes a resend an update, never a duplicate.
             with write_lock:
                 conn.execute(save_stmt, values)
@@ -426,11 +458,16 @@ def create_app(db: str, session_hours: float = 12.0, allowed_hosts: list[str] | 
                 p = progress(s, r.id, study.pairwise)
                 last = s.scalar(select(func.max(Rating.updated_at)).where(Rating.reader_id == r.id))
                 readers.append({"name": r.username, **p,
-                                "last": time.strftime("%Y-%m-%d %H:%M", time.localtime(last)) if last else "-"})
+                                "last": last.astimezone().strftime("%Y-%m-%d %H:%M %Z") if last else "-"})
             counts = dict(s.execute(select(Case.stratum, func.count()).group_by(Case.stratum)).all())
             n_systems = s.scalar(select(func.count(System.id)))
+            merged = s.execute(select(func.count(func.distinct(Candidate.case_id)), func.count(Candidate.id))
+                               .where(Candidate.same_as_id.is_not(None))).one()
+            with_indication = s.scalar(select(func.count(Case.id)).where(Case.indication != ""))
         return page(request, "admin.html", {"user": user, "csrf": sess.csrf, "study": study, "readers": readers,
-                                            "counts": counts, "n_systems": n_systems})
+                                            "counts": counts, "n_systems": n_systems,
+                                            "merged": {"cases": merged[0], "candidates": merged[1]},
+                                            "with_indication": with_indication})
 
     @app.get("/admin/create", response_class=HTMLResponse)
     def create_form(request: Request):

@@ -52,6 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for flag, what in [("--ref-id-field", "case id in references"), ("--ref-findings-field", "findings"),
                        ("--ref-impression-field", "reference impression"), ("--pred-id-field", "case id in predictions"),
                        ("--pred-impression-field", "predicted impression"),
+                       ("--ref-indication-field", ("indication shown to readers (default: 'indication' or "
+                                                   "'history' when the references have it)")),
                        ("--stratum-field", "reference field with normal/abnormal (default: guessed from the impression)")]:
         p.add_argument(flag, default=None, help=what)
 
@@ -138,7 +140,7 @@ def _create(args) -> int:
         path = Path(path)
         preds.append((name or path.stem, str(path), _read(path)))
     fields = Fields(args.ref_id_field, args.ref_findings_field, args.ref_impression_field, args.pred_id_field,
-                    args.pred_impression_field, args.stratum_field)
+                    args.pred_impression_field, args.stratum_field, args.ref_indication_field)
     engine, Session = open_db(args.db, create=True)
     summary = create_study(Session, (str(args.references), _read(args.references)), preds, fields=fields,
                            n_cases=args.n_cases, selection=args.select, seed=args.seed,
@@ -148,6 +150,11 @@ def _create(args) -> int:
           f"{len(summary['systems'])} blinded candidates per case; "
           + ("the seed you chose weakens blinding: keep it from the readers" if args.seed is not None else
              "secret seed stored (the unblinding key page and `analyze` show it)"))
+    if summary["merged_cases"]:
+        print(f"identical candidates: in {summary['merged_cases']} of {summary['cases']} cases two or more models "
+              f"wrote the same text ({summary['merged_candidates']} candidates in all); each such text is shown "
+              f"once and its rating is recorded for every model that wrote it")
+    print(f"indication: shown to readers for {summary['with_indication']} of {summary['cases']} cases")
     with Session.begin() as s:
         if s.scalar(select(User.id).where(User.role == "admin")) is None:
             given = _read_secret(args.admin_password_file) or os.environ.get(ADMIN_PASSWORD_ENV)

@@ -1,7 +1,7 @@
 """Build a study: read references and N prediction files, pick cases, blind models, plan each reader's order.
 
 Input formats (JSON Lines, one record per line; field names can be overridden):
-  references   radgpt records  {"id", "findings", "impression"}
+  references   radgpt records  {"id", "findings", "impression"}    ("indication" shown to readers if present)
                or clin-summ    {"idx", "inputs", "target"}          (detected from the first record)
   predictions  {"id", "impression"}  ("idx"; "prediction", "output", "generated", "text" also accepted)
 
@@ -27,6 +27,12 @@ from radgpt.jsonl import json_objects
 from radgpt.study.models import Assignment, Candidate, Case, Slot, Study, System, User
 
 REFERENCE_NAME = "reference"
+INDICATION_FIELDS = ("indication", "history", "clinical_history")
+
+
+def same_text(text: str) -> str:
+    """The key under which two candidates count as identical: the text with its whitespace runs collapsed."""
+    return " ".join(text.split())
 
 
 @dataclass
@@ -39,6 +45,7 @@ class Fields:
     pred_id: str | None = None
     pred_impression: str | None = None
     stratum: str | None = None  # a reference field holding "normal"/"abnormal" (or 0/1 abnormal); else guessed
+    ref_indication: str | None = None  # None = "indication" (or "history") when the records have it, else none
 
 
 def read_jsonl(name: str, text: str) -> list[dict]:
@@ -60,6 +67,21 @@ def _pick(name: str, row: dict, given: str | None, options: tuple[str, ...], wha
         f"{name}: cannot find the {what} field (tried {', '.join(options)}; record has {sorted(row)}); "
         f"name it with the matching --*-field option"
     )
+
+
+def storable(name: str, n: int, field: str, value) -> str:
+    """`value` as text a database can store: NUL (which PostgreSQL text cannot hold) and lone surrogate
+    escapes such as \\ud800 (not Unicode text) are refused, naming the record, on SQLite as on PostgreSQL."""
+    text = "" if value is None else str(value)
+    if "\x00" in text:
+        raise FatalError(f"{name}: record {n}: '{field}' holds a NUL character (\\u0000), which the study "
+                         f"database cannot store; remove it")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise FatalError(f"{name}: record {n}: '{field}' holds a lone surrogate escape (such as \\ud800), "
+                         f"which is not Unicode text") from None
+    return text
 
 
 def guess_stratum(impression: str) -> str:
@@ -85,12 +107,16 @@ def load_references(name: str, text: str, fields: Fields) -> dict[str, dict]:
     fid = _pick(name, first, fields.ref_id, ("id", "idx"), "case id")
     ffind = _pick(name, first, fields.ref_findings, ("findings", "inputs"), "findings")
     fimp = _pick(name, first, fields.ref_impression, ("impression", "target"), "reference impression")
+    if fields.ref_indication and fields.ref_indication not in first:
+        raise FatalError(f"{name}: field '{fields.ref_indication}' (indication) not in the first record "
+                         f"(has {sorted(first)})")
+    find = fields.ref_indication or next((f for f in INDICATION_FIELDS if f in first), None)
     out: dict[str, dict] = {}
     for n, row in enumerate(rows, 1):
         missing = [f for f in (fid, ffind, fimp) if f not in row]
         if missing:
             raise FatalError(f"{name}: record {n} lacks {', '.join(missing)}")
-        key = str(row[fid])
+        key = storable(name, n, fid, row[fid])
         if key in out:
             raise FatalError(f"{name}: case id {key} appears twice")
         if fields.stratum:
@@ -99,7 +125,8 @@ def load_references(name: str, text: str, fields: Fields) -> dict[str, dict]:
             stratum = _stratum_value(name, row[fields.stratum])
         else:
             stratum = guess_stratum(str(row[fimp]))
-        out[key] = {"findings": str(row[ffind]), "reference": str(row[fimp]), "stratum": stratum}
+        out[key] = {"findings": storable(name, n, ffind, row[ffind]), "reference": storable(name, n, fimp, row[fimp]),
+                    "stratum": stratum, "indication": storable(name, n, find, row.get(find) if find else None).strip()}
     return out
 
 
@@ -116,7 +143,7 @@ def load_predictions(name: str, text: str, fields: Fields) -> dict[str, str]:
         key = str(row[fid])
         if key in out:
             raise FatalError(f"{name}: case id {key} appears twice")
-        out[key] = "" if row[fimp] is None else str(row[fimp])
+        out[key] = storable(name, n, fimp, row[fimp])
     return out
 
 
@@ -226,6 +253,7 @@ def create_study(
             "--include-reference and --pairwise exclude each other: pairwise shows the reference labelled, "
             "which would unblind it as a candidate"
         )
+    storable("the study", 1, "name", name)
     ref_name, ref_text = references
     refs = load_references(ref_name, ref_text, fields)
     preds: dict[str, tuple[str, dict]] = {}
@@ -234,6 +262,7 @@ def create_study(
             raise FatalError(f"'{REFERENCE_NAME}' is reserved for the reference impressions; rename {file}")
         if model in preds:
             raise FatalError(f"two prediction files are named '{model}' ({preds[model][0]}, {file}); use NAME=PATH")
+        storable(file, 1, "model name", model)
         preds[model] = (file, load_predictions(file, text, fields))
     common = check_coverage(ref_name, refs, preds, intersect)
     chosen = select_cases({i: refs[i]["stratum"] for i in common}, n_cases, selection, seed)
@@ -253,18 +282,34 @@ def create_study(
             s.add(systems[model])
         s.flush()
         rng = random.Random(f"candidates/{seed}")
+        merged_cases = merged_candidates = 0
         for case_key in chosen:
             r = refs[case_key]
-            case = Case(source_id=case_key, findings=r["findings"], reference=r["reference"], stratum=r["stratum"])
+            case = Case(source_id=case_key, findings=r["findings"], indication=r["indication"],
+                        reference=r["reference"], stratum=r["stratum"])
             s.add(case)
             s.flush()
             # Candidate ids in a seeded order per case, so no id pattern follows the --pred order.
+            shown: dict[str, Candidate] = {}
+            same: list[tuple[Candidate, Candidate]] = []
             for model in rng.sample(names, len(names)):
                 text = r["reference"] if model == REFERENCE_NAME else preds[model][1][case_key]
-                s.add(Candidate(case_id=case.id, system_id=systems[model].id, text=text))
+                cand = Candidate(case_id=case.id, system_id=systems[model].id, text=text)
+                s.add(cand)
+                first = shown.setdefault(same_text(text), cand)
+                if first is not cand:  # the same text as a model before it: rated once, counted for both
+                    same.append((cand, first))
+            if same:
+                s.flush()
+                for cand, first in same:
+                    cand.same_as_id = first.id
+                merged_cases += 1
+                merged_candidates += len(same)
         strata = [refs[i]["stratum"] for i in chosen]
     return {"cases": len(chosen), "normal": strata.count("normal"), "abnormal": strata.count("abnormal"),
-            "systems": {codes[m]: m for m in names}, "seed": seed}
+            "systems": {codes[m]: m for m in names}, "seed": seed, "merged_cases": merged_cases,
+            "merged_candidates": merged_candidates,
+            "with_indication": sum(bool(refs[i]["indication"]) for i in chosen)}
 
 
 def assign_reader(s: Session, user: User) -> int:
@@ -275,7 +320,8 @@ def assign_reader(s: Session, user: User) -> int:
     if s.scalar(select(Assignment.id).where(Assignment.reader_id == user.id).limit(1)) is not None:
         return 0
     cases: dict[int, list[int]] = {}
-    for cand_id, case_id in s.execute(select(Candidate.id, Candidate.case_id)):
+    # a candidate with the same text as another is not shown again (its model gets that one's ratings)
+    for cand_id, case_id in s.execute(select(Candidate.id, Candidate.case_id).where(Candidate.same_as_id.is_(None))):
         cases.setdefault(case_id, []).append(cand_id)
     plan = reader_plan(study.seed, user.username, cases)
     for pos, (case_id, cands) in enumerate(plan):

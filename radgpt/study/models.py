@@ -1,17 +1,23 @@
 """Database schema and engine for a reader study: one study per database.
 
-SQLite file by default (a path), PostgreSQL by URL (`postgresql+psycopg://...`) for multi-site studies.
+SQLite file by default (a path), PostgreSQL by URL (`postgresql+psycopg://...`) for multi-site studies; the
+test suite runs on both (`radgpt.study.testing`). A database made by an older radgpt is brought up to this
+schema when it is opened (`upgrade`): columns added, epoch-float `rating.updated_at` turned into a timestamp.
 Reader-facing URLs carry only random tokens (`Assignment.token`, `Slot.token`); integer ids and model
 codes never leave the admin side, so neither page order nor ids can hint at which model wrote a text.
 """
 
 from __future__ import annotations
 
+import sqlite3
+import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import (
     Boolean,
+    DateTime,
     Float,
     ForeignKey,
     Integer,
@@ -20,11 +26,42 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    inspect,
+    text,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.types import TypeDecorator
 
 from radgpt.study.criteria import NAMES as CRITERIA
+
+
+class UTCDateTime(TypeDecorator):
+    """A point in time, stored and read back timezone-aware in UTC: `timestamptz` on PostgreSQL; on SQLite
+    (no time type) SQLAlchemy's ISO text, written in UTC. A naive datetime is refused rather than guessed."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def __init__(self):
+        super().__init__(timezone=True)
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("a timezone-aware datetime is required (UTC)")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value, dialect):
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
@@ -63,17 +100,24 @@ class Case(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     source_id: Mapped[str] = mapped_column(String(200), unique=True)
     findings: Mapped[str] = mapped_column(Text)
+    # shown to readers above the findings when the references carry one (radgpt records do)
+    indication: Mapped[str] = mapped_column(Text, default="", server_default="")
     reference: Mapped[str] = mapped_column(Text)
     stratum: Mapped[str] = mapped_column(String(20))  # "normal" | "abnormal"
 
 
 class Candidate(Base):
+    """One model's impression for one case. Models that wrote the same text for a case are shown once: the
+    first of them (in the seeded candidate order) is the one readers rate, the others point at it with
+    `same_as_id`, and each rating of it counts for all of them (`export.rating_rows`)."""
+
     __tablename__ = "candidate"
     __table_args__ = (UniqueConstraint("case_id", "system_id"),)
     id: Mapped[int] = mapped_column(primary_key=True)
     case_id: Mapped[int] = mapped_column(ForeignKey("case.id"))
     system_id: Mapped[int] = mapped_column(ForeignKey("system.id"))
     text: Mapped[str] = mapped_column(Text)
+    same_as_id: Mapped[int | None] = mapped_column(ForeignKey("candidate.id"), nullable=True, default=None)
 
 
 class User(Base):
@@ -130,7 +174,9 @@ class Slot(Base):
 
 
 class Rating(Base):
-    """A reader's rating of one slot. Unique per slot, so a re-submission updates instead of duplicating."""
+    """A reader's rating of one slot. Unique per slot, so a re-submission updates instead of duplicating.
+    `seconds`: time on the case's page from the case being shown to this rating's last save (visible time,
+    summed over the visits that changed it; sent by the page). `updated_at`: when it was last saved (UTC)."""
 
     __tablename__ = "rating"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -143,7 +189,8 @@ class Rating(Base):
     clinical_utility: Mapped[int | None] = mapped_column(Integer, nullable=True)
     comment: Mapped[str] = mapped_column(Text, default="")
     preference: Mapped[str | None] = mapped_column(String(20), nullable=True)
-    updated_at: Mapped[float] = mapped_column(Float, default=time.time)
+    seconds: Mapped[float | None] = mapped_column(Float, nullable=True, default=None)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 assert all(hasattr(Rating, c) for c in CRITERIA), "Rating needs one column per criterion"
@@ -185,8 +232,65 @@ def make_engine(db: str | Path, sqlite_sync: str = "full") -> Engine:
     return create_engine(url, pool_size=10, pool_pre_ping=True, hide_parameters=True)
 
 
+def _columns(conn, table: str) -> dict[str, dict]:
+    return {c["name"]: c for c in inspect(conn).get_columns(table)}
+
+
+def upgrade(engine: Engine) -> list[str]:
+    """Bring a study database made by an older radgpt up to this schema, in one transaction; returns what was
+    changed (nothing for a new or current database). Existing values are kept: an epoch-float `updated_at`
+    becomes the same instant as a UTC timestamp; new columns start empty (no indication, no merged
+    candidates, no time per case)."""
+    tables = set(inspect(engine).get_table_names())
+    changes: list[str] = []
+    if not {"case", "candidate", "rating"} <= tables:
+        return changes
+    sqlite = engine.dialect.name == "sqlite"
+    with engine.begin() as conn:
+        if "indication" not in _columns(conn, "case"):
+            conn.execute(text("ALTER TABLE \"case\" ADD COLUMN indication TEXT NOT NULL DEFAULT ''"))
+            changes.append("case.indication added")
+        if "same_as_id" not in _columns(conn, "candidate"):
+            conn.execute(text("ALTER TABLE candidate ADD COLUMN same_as_id INTEGER REFERENCES candidate (id)"))
+            changes.append("candidate.same_as_id added")
+        rating = _columns(conn, "rating")
+        if "seconds" not in rating:
+            conn.execute(text("ALTER TABLE rating ADD COLUMN seconds FLOAT"))
+            changes.append("rating.seconds added")
+        if not isinstance(rating["updated_at"]["type"], DateTime):  # FLOAT / DOUBLE PRECISION: epoch seconds
+            if not sqlite:
+                conn.execute(text("ALTER TABLE rating ALTER COLUMN updated_at TYPE TIMESTAMP WITH TIME ZONE "
+                                  "USING to_timestamp(updated_at)"))
+            else:
+                if sqlite3.sqlite_version_info < (3, 35):
+                    from radgpt.errors import FatalError
+
+                    raise FatalError(f"this study database needs an upgrade (rating.updated_at to a timestamp) "
+                                     f"that needs SQLite 3.35 or later; Python here has {sqlite3.sqlite_version}")
+                # SQLite cannot change a column's type: a new column, filled from the old, then swapped in.
+                # (pysqlite runs DDL outside a transaction: a half-done earlier attempt leaves this column.)
+                if "updated_at_utc" in rating:
+                    conn.execute(text("ALTER TABLE rating DROP COLUMN updated_at_utc"))
+                conn.execute(text("ALTER TABLE rating ADD COLUMN updated_at_utc DATETIME"))
+                # the text SQLAlchemy itself writes for a DateTime on SQLite ("2026-01-02 03:04:05.123456")
+                rows = [{"id": i, "t": datetime.fromtimestamp(float(t), UTC).replace(tzinfo=None)
+                         .isoformat(" ", "microseconds")}
+                        for i, t in conn.execute(text("SELECT id, updated_at FROM rating")) if t is not None]
+                if rows:
+                    conn.execute(text("UPDATE rating SET updated_at_utc = :t WHERE id = :id"), rows)
+                conn.execute(text("ALTER TABLE rating DROP COLUMN updated_at"))
+                conn.execute(text("ALTER TABLE rating RENAME COLUMN updated_at_utc TO updated_at"))
+            changes.append("rating.updated_at: epoch seconds -> UTC timestamp")
+    return changes
+
+
 def open_db(db: str | Path, create: bool = False, sqlite_sync: str = "full") -> tuple[Engine, sessionmaker]:
+    """Engine and session factory; an older study database is upgraded in place first (said on stderr).
+    `create` also creates whatever tables are missing."""
     engine = make_engine(db, sqlite_sync)
+    changes = upgrade(engine)
+    if changes:
+        print(f"radgpt study: upgraded the study database to this version: {'; '.join(changes)}", file=sys.stderr)
     if create:
         Base.metadata.create_all(engine)
     return engine, sessionmaker(engine, expire_on_commit=False)

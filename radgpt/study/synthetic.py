@@ -53,8 +53,14 @@ def write_files(out: Path, n_cases: int = 12, models: tuple[str, ...] = ("alpha"
         path = out / f"{model}.jsonl"
         lines = []
         for r in refs:
-            # Each model writes a recognisably different text, so a test can tell if one leaks.
-            text = r["impression"] if k == 0 else (r["findings"] if k == 1 else f"{r['impression']} Clinical correlation.")
+            # Each model writes a recognisably different text, so a test can tell if one leaks; except that the
+            # first copies the reference's normal sentence, as real models do (the same text as the reference
+            # candidate in an --include-reference study: shown once, rated for both).
+            if k == 0:
+                normal = r["impression"] == NORMAL_IMPRESSION
+                text = r["impression"] if normal else r["impression"].rstrip(".") + ", as described."
+            else:
+                text = r["findings"] if k == 1 else f"{r['impression']} Clinical correlation."
             lines.append(json.dumps({"id": r["id"], "impression": text}) + "\n")
         path.write_text("".join(lines), encoding="utf-8")
         preds.append((model, path))

@@ -15,10 +15,28 @@
   const dirty = new Set();     // slots changed while their save was in flight
   let current = 0;
 
+  // Time on this case: visible time since the page showed it (a hidden tab does not count), added to what
+  // each candidate's earlier visits recorded; sent with every save, stored per rating.
+  let visibleSince = document.visibilityState === "hidden" ? null : performance.now();
+  let visibleMs = 0;
+  document.addEventListener("visibilitychange", function () {
+    if (document.visibilityState === "hidden" && visibleSince !== null) {
+      visibleMs += performance.now() - visibleSince;
+      visibleSince = null;
+    } else if (document.visibilityState !== "hidden" && visibleSince === null) {
+      visibleSince = performance.now();
+    }
+  });
+  function secondsOn(article) {
+    const ms = visibleMs + (visibleSince === null ? 0 : performance.now() - visibleSince);
+    const before = parseFloat(article.dataset.seconds) || 0;
+    return Math.min(86400, Math.round((before + ms / 1000) * 10) / 10);
+  }
+
   function setStatus(text, cls) { statusEl.textContent = text; statusEl.className = "status " + (cls || ""); }
 
   function stateOf(article) {
-    const state = { comment: article.querySelector("textarea").value };
+    const state = { comment: article.querySelector("textarea").value, seconds: secondsOn(article) };
     article.querySelectorAll("fieldset.criterion").forEach(function (fs) {
       const checked = fs.querySelector("input:checked");
       if (fs.dataset.criterion === "preference") state.preference = checked ? checked.value : null;
@@ -30,6 +48,10 @@
   function apply(article, state) {
     Object.keys(state).forEach(function (key) {
       if (key === "comment") { article.querySelector("textarea").value = state.comment || ""; return; }
+      if (key === "seconds") {  // a restored draft carries the time of the visit that made it
+        if (state.seconds > (parseFloat(article.dataset.seconds) || 0)) article.dataset.seconds = state.seconds;
+        return;
+      }
       const fs = article.querySelector('fieldset[data-criterion="' + key + '"]');
       if (!fs) return;
       fs.querySelectorAll("input").forEach(function (inp) { inp.checked = state[key] !== null && inp.value === String(state[key]); });
