@@ -203,9 +203,17 @@ def build_model(cfg: FinetuneConfig, device: str, half_base=None):
                             torch_dtype=frozen_dtype, attn_implementation=attn)
     model.config.use_cache = False
     if cfg.model.quantization:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.model.gradient_checkpointing)
+        with warnings.catch_warnings():  # peft calls the deprecated gradient_checkpointing_enable (transformers 5)
+            warnings.filterwarnings("ignore", message=r"`gradient_checkpointing_enable` is deprecated",
+                                    category=FutureWarning)
+            model = prepare_model_for_kbit_training(model,
+                                                    use_gradient_checkpointing=cfg.model.gradient_checkpointing)
     elif cfg.model.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers 5 renamed it (the old name warns); older versions have only gradient_checkpointing_enable
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     if cfg.lora.method == "full":
         if cfg.model.quantization:
@@ -518,7 +526,7 @@ def _tensorboard(run: Path, enabled: bool, purge_step: int | None, log):
         log("note: the tensorboard package is not installed, so no RUN/runs/ event files "
             "(pip install tensorboard, or train.tensorboard=false to silence this)")
         return None
-    return SummaryWriter(str(run / "runs"), purge_step=purge_step)
+    return SummaryWriter(str(run / "runs"), purge_step=purge_step, flush_secs=15)  # live enough to watch
 
 
 def _duration(seconds: float) -> str:
@@ -1097,7 +1105,8 @@ def write_model_card(run: Path, cfg: FinetuneConfig, metrics: dict, info: dict) 
     out += [""] + _contents(run, cfg, metrics, expected=("val_metrics.json",)) + [
         "", "## Reproduce", "", "```bash",
         f"radgpt finetune --config {run.name}/config.yaml out=runs/{run.name}-again   # the resolved config of this run",
-        "```", ""]
+        "```", "", ("`config.yaml` names the training files as they were on the training machine; a copy shared with "
+                    "`radgpt export` has them removed: give `data.train=` and `data.validate=`."), ""]
     card.write_text("\n".join(out), encoding="utf-8")
     return card
 
