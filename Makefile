@@ -35,3 +35,23 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) out
+
+# A throwaway PostgreSQL server for trying the reader study on PostgreSQL and for running the study tests
+# against it: Debian's postgresql package (installed here if missing and we are root), a cluster in
+# $(PG_DIR), 127.0.0.1 only, trust authentication. `make postgres` prints the URL; `make postgres-stop` ends it.
+PG_DIR ?= /tmp/radgpt-postgres
+.PHONY: postgres postgres-stop
+
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+		else echo "install Debian's PostgreSQL first: sudo apt-get install postgresql"; exit 1; fi
+	@url=$$($(PYTHON) radgpt/study/pgserver.py start $(PG_DIR)) && \
+		echo "PostgreSQL: $$url" && \
+		echo "  tests:  export RADGPT_TEST_POSTGRES_URL=$$url   (then: make test, or pytest tests/test_study*.py)" && \
+		echo "  study:  radgpt study create --db $$url ...   then   radgpt study serve --db $$url" && \
+		echo "  stop:   make postgres-stop"
+
+postgres-stop:
+	$(PYTHON) radgpt/study/pgserver.py stop $(PG_DIR)
+	rm -rf $(PG_DIR)

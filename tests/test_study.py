@@ -6,16 +6,20 @@ PostgreSQL runs need RADGPT_TEST_POSTGRES_URL, which `make postgres` and .ci/run
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import re
 import sqlite3
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select, update
+from sqlalchemy import text as sql
 
 from radgpt.cli import main
 from radgpt.errors import FatalError
@@ -700,3 +704,172 @@ def test_reset_password_signs_out_and_unlocks(study, client, capsys, monkeypatch
     assert client.get("/read?list", follow_redirects=False).status_code == 303  # the old session is gone
     assert attempt(client, "alice", PW).headers["location"].startswith("/login?failed=1")
     assert attempt(client, "alice", new).headers["location"] == "/"
+
+
+# --- identical candidates, indication, time per case, schema upgrade (issue #15) -------------------------
+
+def test_identical_candidates_are_shown_once_and_rated_for_each_model(tmp_path, new_db, capsys):
+    # alpha copies the reference's normal sentence: with --include-reference a normal case held the same
+    # text twice, and readers rated it twice
+    db = new_db()
+    ref, preds = write_files(tmp_path / "files", n_cases=6)
+    rc = main(["study", "create", "--db", db, "--references", str(ref), "--include-reference",
+               "--admin-password-file", str(_pw(tmp_path)), *[f"--pred={m}={p}" for m, p in preds]])
+    out = capsys.readouterr().out
+    assert rc == 0 and "identical candidates: in 3 of 6 cases" in out and "recorded for every model" in out
+    assert "indication: shown to readers for 6 of 6 cases" in out
+    assert main(["study", "add-reader", "alice", "--db", db, "--password-file", str(_pw(tmp_path))]) == 0
+    with TestClient(create_app(db)) as c:
+        csrf = login(c, "alice")
+        shown = {}
+        for tok in item_tokens(c):
+            data = c.get(f"/api/items/{tok}").json()
+            texts = [x["text"] for x in data["candidates"]]
+            assert len(texts) == len(set(texts))  # never the same text twice on a page
+            shown[tok] = data["candidates"]
+            for x in data["candidates"]:
+                assert put(c, x["slot"], FULL, csrf).json()["saved"]
+        assert sorted(len(v) for v in shown.values()) == [3, 3, 3, 4, 4, 4]
+    with TestClient(create_app(db)) as admin:
+        login(admin, "admin")
+        assert "In 3 case(s) two or more models wrote the same" in admin.get("/admin").text
+        rows = list(csv.DictReader(io.StringIO(admin.get("/admin/export/ratings.csv").text)))
+    # every model has a rating for every case: the shared text's rating counts for alpha and the reference
+    per_model = {m: sorted(r["case"] for r in rows if r["model"] == m) for m in (*MODELS, "reference")}
+    assert all(len(v) == 6 for v in per_model.values()) and len(rows) == 24
+    shared = [r for r in rows if r["shared_by"] == "2"]
+    assert len(shared) == 6 and {r["model"] for r in shared} == {"alpha", "reference"}
+    assert main(["study", "analyze", "--db", db, "--out", str(tmp_path / "report")]) == 0
+    summary = list(csv.DictReader((tmp_path / "report" / "summary.csv").open()))
+    assert {r["model"] for r in summary} == {*MODELS, "reference"} and all(r["n"] == "6" for r in summary)
+
+
+def _pw(tmp_path):
+    path = tmp_path / "pw"
+    path.write_text(PW)
+    return path
+
+
+def test_indication_is_shown_to_readers(tmp_path, new_db):
+    db = new_db()
+    make_study(db, tmp_path / "files", readers=["alice"], password=PW, n_cases=3)
+    with TestClient(create_app(db)) as c:
+        login(c, "alice")
+        tok = item_tokens(c)[0]
+        data = c.get(f"/api/items/{tok}").json()
+        page = c.get(f"/item/{tok}").text
+        assert data["indication"] and f'<p id="indication">{data["indication"]}</p>' in page
+        assert page.index("Indication") < page.index("Findings")
+    # references without one (clin-summ): no indication block; a named field that is missing: one clear error
+    refs = "".join(json.dumps({"idx": i, "inputs": f"f{i}", "target": "t"}) + "\n" for i in range(2))
+    preds = "".join(json.dumps({"idx": i, "output": "p"}) + "\n" for i in range(2))
+    db2 = new_db()
+    _, Session = open_db(db2, create=True)
+    with pytest.raises(FatalError, match="field 'reason' .indication. not in the first record"):
+        create_study(Session, ("r.jsonl", refs), [("m", "p.jsonl", preds)], fields=Fields(ref_indication="reason"))
+    assert create_study(Session, ("r.jsonl", refs), [("m", "p.jsonl", preds)])["with_indication"] == 0
+    with Session.begin() as s:
+        auth.add_user(s, "bob", PW, "reader")
+    with TestClient(create_app(db2)) as c:
+        login(c, "bob")
+        tok = item_tokens(c)[0]
+        assert c.get(f"/api/items/{tok}").json()["indication"] == ""
+        assert 'id="indication"' not in c.get(f"/item/{tok}").text
+
+
+def test_text_no_database_can_store_is_refused_at_create(tmp_path, new_db):
+    # PostgreSQL text cannot hold NUL (a 500 at the first insert); refused with the record named, on both
+    _, Session = open_db(new_db(), create=True)
+    refs = json.dumps({"id": 1, "findings": "a\u0000b", "impression": "x"}) + "\n"
+    preds = json.dumps({"id": 1, "impression": "y"}) + "\n"
+    with pytest.raises(FatalError, match=r"r.jsonl: record 1: 'findings' holds a NUL character"):
+        create_study(Session, ("r.jsonl", refs), [("m", "p.jsonl", preds)])
+    refs = json.dumps({"id": 1, "findings": "f", "impression": "x"}) + "\n"
+    with pytest.raises(FatalError, match=r"p.jsonl: record 1: 'impression' holds a lone surrogate"):
+        create_study(Session, ("r.jsonl", refs), [("m", "p.jsonl", '{"id": 1, "impression": "\\ud800"}\n')])
+    with Session() as s:
+        assert s.scalar(select(func.count(Case.id))) == 0
+
+
+def test_time_per_case_and_utc_timestamps(study, client):
+    db, _ = study
+    csrf = login(client, "alice")
+    tok = item_tokens(client)[0]
+    slot = client.get(f"/api/items/{tok}").json()["candidates"][0]["slot"]
+    for bad in (-1, 86401, "12", True):
+        assert put(client, slot, FULL | {"seconds": bad}, csrf).status_code == 422, bad
+    before = datetime.now(UTC)
+    assert put(client, slot, FULL | {"seconds": 42.5}, csrf).status_code == 200
+    assert put(client, slot, FULL | {"seconds": 12}, csrf).status_code == 200  # an int is a number of seconds
+    assert client.get(f"/api/items/{tok}").json()["candidates"][0]["rating"]["seconds"] == 12
+    _, Session = open_db(db)
+    with Session() as s:
+        r = s.scalar(select(Rating))
+    assert r.seconds == 12
+    assert r.updated_at.tzinfo is not None and r.updated_at.utcoffset().total_seconds() == 0
+    assert before - timedelta(seconds=1) <= r.updated_at <= datetime.now(UTC) + timedelta(seconds=1)
+    with TestClient(create_app(db)) as admin:
+        login(admin, "admin")
+        row = next(csv.DictReader(io.StringIO(admin.get("/admin/export/ratings.csv").text)))
+        assert row["seconds"] == "12.0" and datetime.fromisoformat(row["updated_at"]).utcoffset() == timedelta(0)
+        assert re.search(r"<td>\d{4}-\d\d-\d\d \d\d:\d\d", admin.get("/admin").text)  # the last save, local time
+
+
+def _downgrade(db: str) -> dict[int, float]:
+    """Turn a current study database into what radgpt made before issue #15: no indication, no same_as_id,
+    no seconds, updated_at an epoch float. Returns rating id -> the epoch it now holds."""
+    engine, _ = open_db(db)
+    with engine.connect() as conn:
+        stamps = {i: t.timestamp() for i, t in conn.execute(select(Rating.id, Rating.updated_at))}
+    if engine.dialect.name == "postgresql":
+        with engine.begin() as conn:
+            conn.execute(sql('ALTER TABLE "case" DROP COLUMN indication'))
+            conn.execute(sql("ALTER TABLE candidate DROP COLUMN same_as_id"))
+            conn.execute(sql("ALTER TABLE rating DROP COLUMN seconds"))
+            conn.execute(sql("ALTER TABLE rating ALTER COLUMN updated_at TYPE DOUBLE PRECISION "
+                              "USING extract(epoch FROM updated_at)"))
+    else:  # the tables as the old code created them (SQLite cannot drop a column with a foreign key)
+        with sqlite3.connect(db) as con:
+            con.executescript("""
+                ALTER TABLE "case" DROP COLUMN indication;
+                CREATE TABLE candidate_old (id INTEGER NOT NULL PRIMARY KEY, case_id INTEGER NOT NULL
+                    REFERENCES "case" (id), system_id INTEGER NOT NULL REFERENCES system (id), text TEXT NOT NULL,
+                    UNIQUE (case_id, system_id));
+                INSERT INTO candidate_old SELECT id, case_id, system_id, text FROM candidate;
+                DROP TABLE candidate;
+                ALTER TABLE candidate_old RENAME TO candidate;
+                ALTER TABLE rating DROP COLUMN seconds;
+                ALTER TABLE rating DROP COLUMN updated_at;
+                ALTER TABLE rating ADD COLUMN updated_at FLOAT NOT NULL DEFAULT 0;""")
+            con.executemany("UPDATE rating SET updated_at = ? WHERE id = ?", [(t, i) for i, t in stamps.items()])
+    engine.dispose()
+    return stamps
+
+
+def test_an_older_study_database_is_upgraded_on_open(tmp_path, new_db, capsys):
+    db = new_db()
+    make_study(db, tmp_path / "files", readers=["alice"], password=PW, n_cases=4, seed=3)
+    with TestClient(create_app(db)) as c:
+        csrf = login(c, "alice")
+        for tok in item_tokens(c)[:2]:
+            for cand in c.get(f"/api/items/{tok}").json()["candidates"]:
+                assert put(c, cand["slot"], FULL | {"seconds": 5}, csrf).status_code == 200
+    stamps = _downgrade(db)
+    assert len(stamps) == 6
+    capsys.readouterr()
+    # `analyze` on the old database: it used to read, now upgrades in place (once) and reads it
+    assert main(["study", "analyze", "--db", db, "--out", str(tmp_path / "r")]) == 0
+    err = capsys.readouterr().err
+    assert "upgraded the study database" in err and "epoch seconds -> UTC timestamp" in err
+    engine, Session = open_db(db)
+    with Session() as s:
+        got = {r.id: r for r in s.scalars(select(Rating))}
+        assert s.scalar(select(func.count(Case.id)).where(Case.indication == "")) == 4
+    engine.dispose()
+    assert {i: r.updated_at.timestamp() for i, r in got.items()} == pytest.approx(stamps, abs=1e-3)
+    assert all(r.updated_at.tzinfo is not None and r.seconds is None for r in got.values())
+    assert "upgraded" not in capsys.readouterr().err  # once only
+    with TestClient(create_app(db)) as c:  # and it serves and saves as a new one
+        csrf = login(c, "alice")
+        slot = c.get(f"/api/items/{item_tokens(c)[3]}").json()["candidates"][0]["slot"]
+        assert put(c, slot, FULL | {"seconds": 7}, csrf).status_code == 200

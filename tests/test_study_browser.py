@@ -1,21 +1,25 @@
-"""Playwright + Debian Chromium against the real server: the admin creates a study and invites a reader;
-the reader rates three cases with the keyboard, reloads, and the ratings are still there; then the session
-expires mid-case and the unsaved choice survives the trip through the login page."""
+"""Playwright + Debian Chromium against the real server, on SQLite and on PostgreSQL: the admin creates a study
+and invites a reader; the reader sees the indication above the findings, in a panel level with the first
+candidate and pinned to the top of the window while scrolling; rates three cases with the keyboard (the time
+on each case is stored with its ratings), reloads, and the ratings are still there; then the session expires
+mid-case and the unsaved choice survives the trip through the login page."""
 
 from __future__ import annotations
 
 import re
 import shutil
-import sqlite3
 import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import Select, func, select, update
 
 from radgpt.study import auth
-from radgpt.study.models import open_db
+from radgpt.study.models import AuthSession, Rating, open_db
 from radgpt.study.synthetic import free_port, start_server, write_files
 
+# fixtures `backend` and `new_db`: the test runs on SQLite and on PostgreSQL
+pytest_plugins = ["radgpt.study.testing"]
 PW = "correct-horse-battery"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 CHROMIUM = shutil.which("chromium")
@@ -26,16 +30,45 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium not installed")]
 
 
+def query(db: str, statement):
+    engine, Session = open_db(db)
+    with Session.begin() as s:
+        result = s.execute(statement)
+        rows = result.all() if isinstance(statement, Select) else None
+    engine.dispose()
+    return rows
+
+
 def ratings_in_db(db: str) -> int:
-    with sqlite3.connect(db) as con:
-        return con.execute("SELECT count(*) FROM rating WHERE understandability IS NOT NULL").fetchone()[0]
+    return query(db, select(func.count(Rating.id)).where(Rating.understandability.is_not(None)))[0][0]
 
 
-def test_admin_creates_reader_rates_with_keyboard_and_reloads(tmp_path):
+def check_findings_panel(page) -> None:
+    """The indication and findings sit at the top of their panel, the panel level with the first candidate;
+    scrolled down, the panel is pinned to the top of the window (the issue: it looked vertically centred)."""
+    page.evaluate("window.scrollTo(0, 0)")
+    panel = page.locator("section.findings").bounding_box()
+    first = page.locator("article.candidate").first.bounding_box()
+    indication = page.locator("#indication")
+    assert indication.is_visible() and indication.inner_text().strip()
+    assert abs(panel["y"] - first["y"]) <= 2, (panel, first)  # level with the first candidate
+    heading = page.locator("section.findings h2").first.bounding_box()
+    assert heading["y"] - panel["y"] < 20, (heading, panel)  # "Indication" right at the top of the panel
+    assert indication.bounding_box()["y"] - panel["y"] < 60
+    assert page.locator("section.findings h2").first.inner_text() == "Indication"
+    assert 0 < page.locator("#findings").bounding_box()["y"] - panel["y"] < 130  # then the findings
+    page.evaluate("document.querySelector('article.candidate:last-of-type').scrollIntoView()")
+    top = page.evaluate("({y: window.scrollY, top: document.querySelector('section.findings')"
+                        ".getBoundingClientRect().top})")
+    assert top["y"] > 200 and 0 <= top["top"] <= 16, top  # pinned to the top, not centred
+    page.evaluate("window.scrollTo(0, 0)")
+
+
+def test_admin_creates_reader_rates_with_keyboard_and_reloads(tmp_path, new_db):
     from playwright.sync_api import expect, sync_playwright
 
     expect.set_options(timeout=15_000)  # the CI machine may be busy; 5 s default is tight for 15 saves
-    db = str(tmp_path / "study.db")
+    db = new_db()
     engine, Session = open_db(db, create=True)
     with Session.begin() as s:
         auth.add_user(s, "admin", PW, "admin")
@@ -76,6 +109,7 @@ def test_admin_creates_reader_rates_with_keyboard_and_reloads(tmp_path):
             page.fill("input[name=password]", password)
             page.click("button[type=submit]")
             expect(page).to_have_url(re.compile(r"/item/"))
+            check_findings_panel(page)
             pressed: dict[str, list[int]] = {}
             urls = []
             for case in range(3):
@@ -88,10 +122,17 @@ def test_admin_creates_reader_rates_with_keyboard_and_reloads(tmp_path):
                 pressed[page.url] = keys
                 expect(page.locator("#progress-text")).to_have_text(f"{case + 1} / 5 cases rated")
                 if case == 0:
+                    page.screenshot(path=str(ARTIFACTS / "study_item_scrolled.png"))  # the window, scrolled
+                    page.evaluate("window.scrollTo(0, 0)")
                     page.screenshot(path=str(ARTIFACTS / "study_item.png"), full_page=True)
                 page.keyboard.press("n")
                 page.wait_for_url(lambda u, prev=page.url: u != prev)
             assert ratings_in_db(db) == 9
+            # time per case: every rating carries the seconds from its case being shown to its save
+            seconds = [s for (s,) in query(db, select(Rating.seconds))]
+            assert len(seconds) == 9 and all(s is not None and 0 < s < 600 for s in seconds), seconds
+            stamps = [t for (t,) in query(db, select(Rating.updated_at))]
+            assert all(t.utcoffset().total_seconds() == 0 and abs(time.time() - t.timestamp()) < 600 for t in stamps)
 
             # --- reload each rated case: the choices come back from the server
             for url in urls:
@@ -108,8 +149,7 @@ def test_admin_creates_reader_rates_with_keyboard_and_reloads(tmp_path):
 
             # --- session expires with a choice not yet saved: login, and the draft is restored and saved
             item_url = page.url
-            with sqlite3.connect(db) as con:
-                con.execute("UPDATE auth_session SET expires_at = ?", (time.time() - 1,))
+            query(db, update(AuthSession).values(expires_at=time.time() - 1))
             page.keyboard.press("4")
             page.wait_for_url(re.compile(r"/login\?next="))
             assert "Sign in again" in page.content()
@@ -120,9 +160,8 @@ def test_admin_creates_reader_rates_with_keyboard_and_reloads(tmp_path):
             page.wait_for_function("() => !Object.keys(localStorage).some(k => k.startsWith('radgpt-study-draft:'))")
             first = page.locator("fieldset.criterion").first.locator("input:checked")
             expect(first).to_have_value("4")
-            with sqlite3.connect(db) as con:
-                assert con.execute("SELECT count(*) FROM rating WHERE understandability = 4 AND coherence IS NULL"
-                                   ).fetchone()[0] == 1
+            assert query(db, select(func.count(Rating.id)).where(Rating.understandability == 4,
+                                                                 Rating.coherence.is_(None)))[0][0] == 1
             page.screenshot(path=str(ARTIFACTS / "study_after_relogin.png"), full_page=True)
             browser.close()
     finally:

@@ -5,7 +5,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from radgpt.study.analyze import agreement, compare, describe, holm, long_scores, preferences, write_report
+from radgpt.evaluate.palette import colors_for
+from radgpt.study import analyze
+from radgpt.study.analyze import (
+    agreement,
+    by_reader,
+    case_bootstrap_ci,
+    compare,
+    describe,
+    holm,
+    long_scores,
+    preferences,
+    reader_table,
+    reader_times,
+    write_report,
+)
 from radgpt.study.criteria import NAMES
 
 
@@ -73,9 +87,62 @@ def test_two_models_single_reader_and_identical_scores():
     assert agreement(long).alpha_ordinal.isna().all()  # one reader: agreement undefined, not an error
 
 
-def test_report_files(tmp_path):
-    files = write_report(synthetic_rows({"good": 4.3, "bad": 2.0, "mid": 3.1}, n_cases=8), tmp_path, "Synthetic")
-    assert {"ratings", "summary", "tests", "agreement", "figure", "report", "preferences"} <= set(files)
+def test_report_files(tmp_path, monkeypatch):
+    rows = synthetic_rows({"good": 4.3, "bad": 2.0, "mid": 3.1}, n_cases=8)
+    for i, r in enumerate(rows):
+        r["seconds"] = 20.0 + i % 7
+    drawn: dict[str, str] = {}
+    real_bar = analyze._pyplot().Axes.bar
+
+    def bar(self, x, height, *args, label=None, color=None, **kw):
+        drawn[label] = color
+        return real_bar(self, x, height, *args, label=label, color=color, **kw)
+
+    monkeypatch.setattr(analyze._pyplot().Axes, "bar", bar)
+    files = write_report(rows, tmp_path, "Synthetic")
+    assert {"ratings", "summary", "tests", "agreement", "figure", "report", "preferences", "readers", "times",
+            "reader_figure"} <= set(files)
     html = files["report"].read_text()
-    assert "Synthetic" in html and "Krippendorff" in html and "<table" in html
-    assert files["figure"].read_bytes()[:4] == b"\x89PNG"
+    assert "Synthetic" in html and "Krippendorff" in html and "<table" in html and "Per reader" in html
+    assert "95% confidence interval" in html and "Time per case" in html
+    assert files["figure"].read_bytes()[:4] == b"\x89PNG" and files["reader_figure"].read_bytes()[:4] == b"\x89PNG"
+    # one colour per model name, the one evaluate's report gives it
+    assert drawn == colors_for(["good", "bad", "mid"])
+
+
+def test_confidence_intervals_stay_on_the_scale():
+    # the probe of issue #15: mean ± sd went above 5 for a model rated 5 nearly always
+    rows = synthetic_rows({"top": 6.0, "low": 0.0, "mid": 3.0}, n_cases=12, noise=0.8)
+    summary = describe(long_scores(rows))
+    assert {"ci_low", "ci_high", "cases"} <= set(summary.columns)
+    assert (summary["mean"] + summary["sd"] > 5).any()  # what the old ±sd bars drew
+    assert (summary.ci_low >= 1).all() and (summary.ci_high <= 5).all()
+    assert (summary.ci_low <= summary["mean"]).all() and (summary["mean"] <= summary.ci_high).all()
+    # the case is the unit: more cases, narrower; one case, no interval
+    wide = describe(long_scores(synthetic_rows({"a": 3.0}, n_cases=6, seed=3)))
+    narrow = describe(long_scores(synthetic_rows({"a": 3.0}, n_cases=120, seed=3)))
+    assert ((narrow.ci_high - narrow.ci_low) < (wide.ci_high - wide.ci_low)).all()
+    assert np.isnan(case_bootstrap_ci(np.array(["c1", "c1"]), np.array([3.0, 4.0]))).all()
+    # the same ratings give the same intervals
+    assert case_bootstrap_ci(np.array(["a", "b", "c"]), np.array([1.0, 3, 5])) == \
+        case_bootstrap_ci(np.array(["a", "b", "c"]), np.array([1.0, 3, 5]))
+
+
+def test_per_reader_breakdown_and_times():
+    rows = synthetic_rows({"a": 3.0, "b": 4.0}, readers=("kind", "strict"), noise=0.0, shared_case_effect=False)
+    for r in rows:
+        if r["reader"] == "strict":
+            for c in NAMES:
+                r[c] = max(1, r[c] - 1)
+        r["seconds"] = {"kind": 30.0, "strict": 90.0}[r["reader"]] + (r["model"] == "b")
+    per = by_reader(long_scores(rows))
+    means = per[per.criterion == "coherence"].set_index(["reader", "model"])["mean"]
+    assert means[("strict", "a")] == pytest.approx(means[("kind", "a")] - 1)
+    assert means[("strict", "b")] == pytest.approx(means[("kind", "b")] - 1)
+    table = reader_table(per)
+    assert list(table.columns) == ["reader", "model", "n", *NAMES] and len(table) == 4
+    times = reader_times(rows).set_index("reader")
+    # a case's time = its last rating's: 31 s (kind), 91 s (strict), for each of the 30 cases
+    assert times.loc["kind", "median_s"] == 31 and times.loc["strict", "median_s"] == 91
+    assert times.loc["strict", "cases_timed"] == 30 and times.loc["strict", "total_min"] == pytest.approx(30 * 91 / 60)
+    assert reader_times([{k: v for k, v in r.items() if k != "seconds"} for r in rows]).empty

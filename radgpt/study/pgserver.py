@@ -73,7 +73,9 @@ def start(folder: Path, port: int | None = None) -> str:
     folder = folder.resolve()
     data = folder / "data"
     if data.exists():
-        raise SystemExit(f"{data} exists: stop that server (pgserver.py stop {folder}) and remove the folder")
+        if (folder / URL_FILE).is_file() and running(folder):  # already started here: the same server
+            return (folder / URL_FILE).read_text(encoding="utf-8").strip()
+        raise SystemExit(f"{data} exists but no server runs there: remove {folder} (or pick another folder)")
     folder.mkdir(parents=True, exist_ok=True)
     owner = _owner()
     if owner:
@@ -91,6 +93,15 @@ def start(folder: Path, port: int | None = None) -> str:
     return url
 
 
+def running(folder: Path) -> bool:
+    data = folder.resolve() / "data"
+    if not (data / "postmaster.pid").exists():
+        return False
+    proc = subprocess.run([str(bindir() / "pg_ctl"), "-D", str(data), "status"], capture_output=True, check=False,
+                          **({"user": _owner(), "group": _owner(), "extra_groups": []} if _owner() else {}))
+    return proc.returncode == 0
+
+
 def stop(folder: Path) -> None:
     data = folder.resolve() / "data"
     if not (data / "postmaster.pid").exists():
@@ -106,10 +117,11 @@ def main(argv: list[str]) -> int:
     folder = Path(argv[1])
     if argv[0] == "start":
         t0 = time.perf_counter()
+        already = running(folder)
         url = start(folder)
         print(url)
-        print(f"PostgreSQL started in {time.perf_counter() - t0:.1f} s ({folder}); stop it with: "
-              f"python3 radgpt/study/pgserver.py stop {folder}", file=sys.stderr)
+        print(f"PostgreSQL {'already running' if already else f'started in {time.perf_counter() - t0:.1f} s'} "
+              f"({folder}); stop it with: python3 radgpt/study/pgserver.py stop {folder}", file=sys.stderr)
     else:
         stop(folder)
     return 0

@@ -32,11 +32,13 @@ _ABNORMAL = [
     ("Hyperinflated lungs with flattened diaphragms.", "Emphysema without acute process."),
 ]
 NORMAL_IMPRESSION = "No acute cardiopulmonary abnormality."
+_INDICATIONS = ["Cough and fever for three days.", "Shortness of breath.", "Chest pain after a fall.",
+                "Preoperative evaluation."]
 
 
 def write_files(out: Path, n_cases: int = 12, models: tuple[str, ...] = ("alpha", "beta", "gamma"),
                 seed: int = 0) -> tuple[Path, list[tuple[str, Path]]]:
-    """references.jsonl ({"id","findings","impression"}) and <model>.jsonl ({"id","impression"})."""
+    """references.jsonl ({"id","indication","findings","impression"}) and <model>.jsonl ({"id","impression"})."""
     rng = random.Random(seed)
     out.mkdir(parents=True, exist_ok=True)
     refs = []
@@ -45,7 +47,8 @@ def write_files(out: Path, n_cases: int = 12, models: tuple[str, ...] = ("alpha"
             findings, impression = rng.choice(_ABNORMAL)
         else:
             findings, impression = rng.choice(_NORMAL_FINDINGS), NORMAL_IMPRESSION
-        refs.append({"id": f"case{i:03d}", "findings": findings, "impression": impression})
+        refs.append({"id": f"case{i:03d}", "indication": rng.choice(_INDICATIONS), "findings": findings,
+                     "impression": impression})
     ref_path = out / "references.jsonl"
     ref_path.write_text("".join(json.dumps(r) + "\n" for r in refs), encoding="utf-8")
     preds = []
