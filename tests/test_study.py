@@ -873,3 +873,16 @@ def test_an_older_study_database_is_upgraded_on_open(tmp_path, new_db, capsys):
         csrf = login(c, "alice")
         slot = c.get(f"/api/items/{item_tokens(c)[3]}").json()["candidates"][0]["slot"]
         assert put(c, slot, FULL | {"seconds": 7}, csrf).status_code == 200
+
+
+def test_database_urls_that_cannot_be_opened_are_one_line_errors(capsys):
+    from radgpt.study.models import database_url
+
+    assert database_url("postgresql://u@h/db") == database_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
+    cases = [("postgresql+psycopg://radgpt:hunter22@127.0.0.1:1/x", "cannot open the study database"),
+             ("postgresql+psycopg2://u@127.0.0.1:1/x", "no driver for this URL"),
+             ("nosuch://x", "no driver for this URL")]
+    for url, said in cases:
+        assert main(["study", "analyze", "--db", url, "--out", "unused"]) == 2
+        err = capsys.readouterr().err
+        assert said in err and err.count("\n") == 1 and "hunter22" not in err, err

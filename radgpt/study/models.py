@@ -197,8 +197,12 @@ assert all(hasattr(Rating, c) for c in CRITERIA), "Rating needs one column per c
 
 
 def database_url(db: str | Path) -> str:
-    """A bare path means a SQLite file; anything with '://' is an SQLAlchemy URL."""
+    """A bare path means a SQLite file; anything with '://' is an SQLAlchemy URL. A libpq-style
+    postgresql:// (or postgres://) URL gets the installed driver, psycopg 3."""
     db = str(db)
+    for scheme in ("postgresql://", "postgres://"):
+        if db.startswith(scheme):
+            return "postgresql+psycopg://" + db[len(scheme):]
     if "://" in db:
         return db
     return f"sqlite:///{Path(db).expanduser().resolve()}"
@@ -287,8 +291,26 @@ def upgrade(engine: Engine) -> list[str]:
 def open_db(db: str | Path, create: bool = False, sqlite_sync: str = "full") -> tuple[Engine, sessionmaker]:
     """Engine and session factory; an older study database is upgraded in place first (said on stderr).
     `create` also creates whatever tables are missing."""
-    engine = make_engine(db, sqlite_sync)
-    changes = upgrade(engine)
+    from sqlalchemy import exc
+    from sqlalchemy.engine import make_url
+
+    from radgpt.errors import FatalError
+
+    url = database_url(db)
+    try:
+        shown = make_url(url).render_as_string(hide_password=True)
+    except exc.ArgumentError:
+        raise FatalError(f"--db {db}: neither a file path nor a database URL "
+                         f"(e.g. postgresql+psycopg://user@host:5432/dbname)") from None
+    try:
+        engine = make_engine(db, sqlite_sync)
+        changes = upgrade(engine)
+    except (exc.NoSuchModuleError, ModuleNotFoundError) as e:
+        raise FatalError(f"--db {shown}: no driver for this URL ({e}); for PostgreSQL use "
+                         f"postgresql+psycopg://... (psycopg is in requirements.txt)") from None
+    except exc.OperationalError as e:
+        why = " ".join(str(e.orig).split()) if e.orig is not None else str(e).splitlines()[0]
+        raise FatalError(f"cannot open the study database {shown}: {why}") from None
     if changes:
         print(f"radgpt study: upgraded the study database to this version: {'; '.join(changes)}", file=sys.stderr)
     if create:
