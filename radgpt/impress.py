@@ -675,7 +675,8 @@ def run(args: argparse.Namespace) -> int:
                        log=lambda m: err(f"radgpt impress: {m}"))
     text_mode = args.format == "text" or (args.format == "auto" and not args.out and sys.stdout.isatty()
                                           and all(not Path(i).is_file() and i != "-" for i in args.inputs))
-    prov = {**model.provenance(), "preset": args.preset, "decoding": decoding.to_dict()}
+    prov = {**model.provenance(), "preset": args.preset, "decoding": decoding.to_dict(),
+            "repair": bool(model.repair and not args.no_repair)}  # evaluate tells repaired from raw runs apart
     out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
     n_bad = n_done = 0
     bad_shown = 0

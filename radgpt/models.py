@@ -13,6 +13,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -298,7 +299,12 @@ def load_run(run_dir: str | Path, device: str = "cpu", merge: bool = True) -> Lo
     adapter = None
     if (run / ADAPTER_CONFIG).exists():
         tok = load_tokenizer(base)
-        model = PeftModel.from_pretrained(load_base_model(base, device=device), str(run))
+        with warnings.catch_warnings():
+            # PeftModel reads `is_gradient_checkpointing`, which transformers 5 deprecates (a FutureWarning
+            # impress and serve would print on every start); that one message only
+            warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated",
+                                    category=FutureWarning)
+            model = PeftModel.from_pretrained(load_base_model(base, device=device), str(run))
         adapter = str(run)
         if merge:
             model = model.merge_and_unload()
