@@ -225,6 +225,67 @@ def export_meta(folder: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+class FolderTokenizer:
+    """The few tokenizer calls the engines need, straight from a folder's tokenizer.json with the `tokenizers`
+    library: loading transformers' AutoTokenizer imports torch and transformers (≈5 s of a one-off
+    `radgpt impress` call on 2 cores) for the same token ids. A chat template (base models) is applied by
+    transformers' tokenizer, loaded only when one is asked for."""
+
+    def __init__(self, folder: str | Path):
+        from tokenizers import Tokenizer
+
+        self.folder = Path(folder)
+        self._tok = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
+        cfg_path = self.folder / "tokenizer_config.json"
+        cfg = json.loads(cfg_path.read_text(encoding="utf-8")) if cfg_path.exists() else {}
+        if cfg.get("clean_up_tokenization_spaces"):
+            raise ValueError("clean_up_tokenization_spaces is set: use transformers' tokenizer")
+        self.eos_token = cfg.get("eos_token")
+        if isinstance(self.eos_token, dict):
+            self.eos_token = self.eos_token.get("content")
+        self.eos_token_id = self._tok.token_to_id(self.eos_token) if self.eos_token else None
+        jinja = self.folder / "chat_template.jinja"
+        self.chat_template = jinja.read_text(encoding="utf-8") if jinja.exists() else cfg.get("chat_template")
+        self._hf = None
+
+    @classmethod
+    def usable(cls, folder: str | Path) -> bool:
+        cfg = Path(folder) / "tokenizer_config.json"
+        return (Path(folder) / "tokenizer.json").exists() and not (
+            cfg.exists() and json.loads(cfg.read_text(encoding="utf-8")).get("clean_up_tokenization_spaces"))
+
+    def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
+        return {"input_ids": self._tok.encode(text, add_special_tokens=add_special_tokens).ids}
+
+    def convert_ids_to_tokens(self, ids: list[int]) -> list[str]:
+        return [self._tok.id_to_token(i) for i in ids]
+
+    def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:
+        return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    def apply_chat_template(self, *args, **kwargs):
+        if self._hf is None:
+            from transformers import AutoTokenizer
+
+            from radgpt.models import quiet_transformers
+
+            quiet_transformers()
+            self._hf = AutoTokenizer.from_pretrained(str(self.folder))
+        return self._hf.apply_chat_template(*args, **kwargs)
+
+
+def folder_tokenizer(folder: str | Path):
+    """FolderTokenizer when the folder's tokenizer.json is enough, else transformers' AutoTokenizer."""
+    if FolderTokenizer.usable(folder):
+        return FolderTokenizer(folder)
+    from transformers import AutoTokenizer
+
+    from radgpt.models import quiet_transformers
+
+    quiet_transformers()
+    return AutoTokenizer.from_pretrained(str(folder))
+
+
 class CT2Backend(Backend):
     """A CTranslate2 model folder written by `radgpt export` (model.bin + tokenizer + template)."""
 
@@ -240,16 +301,12 @@ class CT2Backend(Backend):
         """inter_threads 2 (batch jobs): two batches decode at once, one core each — ~15% more throughput
         on 2 cores than one batch on 2 threads; 1 (single impressions, serve): lowest latency."""
         import ctranslate2
-        from transformers import AutoTokenizer
-
-        from radgpt.models import quiet_transformers
 
         folder = Path(folder)
         if not (folder / "model.bin").exists():
             raise FatalError(f"{folder}: not a CTranslate2 model folder (no model.bin); make one with radgpt export")
-        quiet_transformers()
         self.folder = folder
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        self.tokenizer = folder_tokenizer(folder)
         if device == "auto":
             device = "cuda" if ctranslate2.get_cuda_device_count() else "cpu"
         self.device = device
@@ -383,17 +440,13 @@ class LlamaCppBackend(Backend):
         except ImportError:
             raise FatalError("the llama.cpp backend needs llama-cpp-python: pip install llama-cpp-python "
                              "(it compiles llama.cpp, ~4 min on 2 cores)") from None
-        from transformers import AutoTokenizer
-
         from radgpt.export_gguf import GGUF_FILE
-        from radgpt.models import quiet_transformers
 
         folder = Path(folder)
         if not (folder / GGUF_FILE).exists():
             raise FatalError(f"{folder}: no {GGUF_FILE}; make one with radgpt export RUN --quantization q8_0")
-        quiet_transformers()
         self.folder = folder
-        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        self.tokenizer = folder_tokenizer(folder)
         self.eos_id = self.tokenizer.eos_token_id
         threads = threads or (os.cpu_count() or 1)
         parallel = max(1, min(parallel, threads))

@@ -11,7 +11,11 @@ The index is built from (id, findings, impression) cases; a run folder stores it
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
+import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,18 +49,18 @@ class CaseIndex:
         labeler reads in them (see _with_finding_terms); "consistent" — "findings", then the closest cases
         re-ranked so that those whose impression states exactly the query's findings come first (a prior
         impression that names a finding the query never states, or leaves out one it does, is what a small
-        model copies into the wrong report)."""
-        from sklearn.feature_extraction.text import TfidfVectorizer
+        model copies into the wrong report).
 
+        The index is fitted by scikit-learn's TfidfVectorizer and kept in radgpt's cache, keyed by the cases and
+        settings: a later process loads it without importing scikit-learn (≈2.5 s of a one-off `radgpt impress`
+        call on 2 cores) and scores queries with `_TfidfQuery`, which repeats the vectorizer's transform."""
         if not cases:
             raise ValueError("retrieval index needs at least one case")
         if match not in MATCHES:
             raise ValueError(f"unknown retrieval match {match!r} (choose from {', '.join(MATCHES)})")
         self.cases, self.match = cases, match
         self._stated: dict | None = None  # per case, the findings its impression states (for "consistent")
-        # word uni+bigrams, sublinear tf: robust to long findings that repeat boilerplate
-        self.vectorizer = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1, lowercase=True)
-        self.matrix = self.vectorizer.fit_transform([self._text(c.findings) for c in cases])
+        self.query = _TfidfQuery.cached([self._text(c.findings) for c in cases])
 
     def _text(self, findings: str) -> str:
         return findings if self.match == "words" else _with_finding_terms(findings)
@@ -88,18 +92,14 @@ class CaseIndex:
     def _search(self, queries: list[str], k: int, exclude_ids: list[set[str]] | None) -> list[list[tuple[Case, float]]]:
         import numpy as np
 
-        q = self.vectorizer.transform([self._text(t) for t in queries])
         out = []
-        for start in range(0, len(queries), 256):  # blocks keep the dense score matrix small
-            sims = (q[start:start + 256] @ self.matrix.T).toarray()
-            for row_i, row in enumerate(sims):
-                i = start + row_i
-                excl = exclude_ids[i] if exclude_ids else set()
-                take = min(len(row), k + len(excl))
-                top = np.argpartition(-row, take - 1)[:take] if take < len(row) else np.arange(len(row))
-                top = top[np.argsort(-row[top], kind="stable")]
-                hits = [(self.cases[j], float(row[j])) for j in top if self.cases[j].id not in excl][:k]
-                out.append(hits)
+        for i, text in enumerate(queries):
+            row = self.query.scores(self._text(text))
+            excl = exclude_ids[i] if exclude_ids else set()
+            take = min(len(row), k + len(excl))
+            top = np.argpartition(-row, take - 1)[:take] if take < len(row) else np.arange(len(row))
+            top = top[np.argsort(-row[top], kind="stable")]
+            out.append([(self.cases[j], float(row[j])) for j in top if self.cases[j].id not in excl][:k])
         return out
 
     def search(self, query: str, k: int, exclude_ids: set[str] | None = None) -> list[tuple[Case, float]]:
@@ -114,9 +114,85 @@ class CaseIndex:
         return path
 
     @classmethod
-    def load(cls, folder: str | Path, match: str = "words") -> "CaseIndex | None":
+    def load(cls, folder: str | Path, match: str = "words") -> CaseIndex | None:
         path = Path(folder) / CASES_FILE
         if not path.exists():
             return None
         cases = [Case(**json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         return cls(cases, match)
+
+
+class _TfidfQuery:
+    """A fitted TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, lowercase=True) over the cases, as plain
+    arrays: the vocabulary, its idf, and the l2-normalised case matrix by term (CSC). `scores(text)` is the
+    cosine similarity of one query with every case — the vectorizer's own transform (word 1–2-grams of
+    `(?u)\\b\\w\\w+\\b` tokens, 1 + log tf, × idf, l2 norm) repeated in numpy, checked against scikit-learn's in
+    tests/test_retrieval.py."""
+
+    VERSION = 1
+    _TOKEN = re.compile(r"(?u)\b\w\w+\b")
+
+    def __init__(self, terms: list[str], idf, indptr, indices, data, n_cases: int):
+        self.vocab = {t: i for i, t in enumerate(terms)}
+        self.idf, self.indptr, self.indices, self.data, self.n_cases = idf, indptr, indices, data, n_cases
+
+    @classmethod
+    def fit(cls, texts: list[str]) -> _TfidfQuery:
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        # word uni+bigrams, sublinear tf: robust to long findings that repeat boilerplate
+        vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=1, lowercase=True)
+        by_term = vec.fit_transform(texts).tocsc()
+        terms = [""] * len(vec.vocabulary_)
+        for term, i in vec.vocabulary_.items():
+            terms[i] = term
+        by_term.sort_indices()
+        return cls(terms, vec.idf_, by_term.indptr, by_term.indices, by_term.data, len(texts))
+
+    @classmethod
+    def cached(cls, texts: list[str]) -> _TfidfQuery:
+        import numpy as np
+
+        from radgpt.models import cache_dir
+
+        key = hashlib.sha256(json.dumps([cls.VERSION, texts], ensure_ascii=False).encode()).hexdigest()[:24]
+        path = cache_dir() / "retrieval" / f"tfidf-{key}.npz"
+        if path.exists():
+            try:
+                z = np.load(path, allow_pickle=False)
+                return cls(list(z["terms"]), z["idf"], z["indptr"], z["indices"], z["data"], int(z["n_cases"]))
+            except (OSError, ValueError, KeyError):
+                pass  # a damaged cache entry is rebuilt below
+        fitted = cls.fit(texts)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.stem + f".{os.getpid()}.tmp.npz")
+            np.savez(tmp, terms=np.array(list(fitted.vocab), dtype=str), idf=fitted.idf, indptr=fitted.indptr,
+                     indices=fitted.indices, data=fitted.data, n_cases=fitted.n_cases)
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only cache only costs the next process the fit
+        return fitted
+
+    def vector(self, text: str) -> dict[int, float]:
+        import math
+
+        tokens = self._TOKEN.findall(text.lower())
+        grams = tokens + [f"{a} {b}" for a, b in itertools.pairwise(tokens)]
+        counts: dict[int, int] = {}
+        for g in grams:
+            j = self.vocab.get(g)
+            if j is not None:
+                counts[j] = counts.get(j, 0) + 1
+        weights = {j: (1.0 + math.log(c)) * float(self.idf[j]) for j, c in counts.items()}
+        norm = math.sqrt(sum(w * w for w in weights.values()))
+        return {j: w / norm for j, w in weights.items()} if norm else {}
+
+    def scores(self, text: str):
+        import numpy as np
+
+        row = np.zeros(self.n_cases)
+        for j, w in self.vector(text).items():
+            lo, hi = self.indptr[j], self.indptr[j + 1]
+            row[self.indices[lo:hi]] += w * self.data[lo:hi]
+        return row
