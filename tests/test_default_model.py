@@ -108,3 +108,22 @@ def test_llama_cpp_backend_writes_the_same_impressions_as_ctranslate2(tmp_path):
     b = [r.impression for r in ct2.impress(findings, Decoding(max_new_tokens=48))]
     assert "effusion" in a[1].lower(), a
     assert a == b or sum(x == y for x, y in zip(a, b)) >= 1, (a, b)  # int8 vs q8_0 may differ on a word
+
+
+def test_ctranslate2_impressions_do_not_depend_on_the_batch():
+    """The default path (CTranslate2 int8): the same findings give the same impression alone, in a batch of
+    other findings, and in another order (exact-length batches; see CT2Backend.max_batch)."""
+    import json
+
+    from radgpt.generate import Decoding
+    from radgpt.impress import load_model
+
+    rows = [json.loads(x) for x in (DEFAULT.parents[1] / "data/openi/clin-summ/train.jsonl").read_text().splitlines()]
+    findings = [r["inputs"] for r in rows[:40]]
+    model = load_model(str(DEFAULT), backend="ct2", batch=True)
+    dec = Decoding(max_new_tokens=48)
+    together = [r.impression for r in model.impress(findings, dec, repair=False)]
+    reversed_ = [r.impression for r in model.impress(findings[::-1], dec, repair=False)][::-1]
+    alone = [model.impress([f], dec, repair=False)[0].impression for f in findings]
+    assert together == alone
+    assert reversed_ == alone
