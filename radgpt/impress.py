@@ -644,8 +644,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="auto", choices=["auto", "text", "jsonl"],
                    help="auto: text for findings typed on a terminal, JSONL otherwise")
     p.add_argument("--with-findings", action="store_true", help="copy the findings into each output line")
-    p.add_argument("--batch-size", type=int, default=128,
-                   help="findings per generation call (sorted by length inside; progress advances per call)")
+    p.add_argument("--batch-size", type=int, default=512,
+                   help="findings per generation call (progress advances per call). The text does not depend on it: "
+                        "CTranslate2 batches only prompts of equal token length, so larger calls find more of them "
+                        "(OpenI validate: 5.1 impressions/s at 512, 4.0 at 128)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
 
