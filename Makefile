@@ -24,7 +24,7 @@ $(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml
 # The main job on the embedded default: bundled OpenI reports → instruction data, then impressions for
 # six validate findings from the shipped model (models/radgpt-smollm2-135m), with the prior cases they lean on.
 demo: $(STAMP)
-	$(VENV)/bin/radgpt prepare data/openi/indiana_reports.csv --out $(DEMO_OUT)/prepared
+	$(VENV)/bin/radgpt prepare data/openi/indiana_reports.csv --out $(DEMO_OUT)/prepared --force
 	mkdir -p $(DEMO_OUT) && head -n 6 data/openi/clin-summ/validate.jsonl > $(DEMO_OUT)/findings.jsonl
 	$(VENV)/bin/radgpt impress $(DEMO_OUT)/findings.jsonl --field inputs --id-field idx --with-findings \
 		--model models/radgpt-smollm2-135m --out $(DEMO_OUT)/impressions.jsonl
