@@ -172,3 +172,53 @@ def write_resolved(cfg: Any, out_dir: str | Path, name: str = "config.yaml") -> 
     out = Path(out_dir) / name
     out.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True), encoding="utf-8")
     return out
+
+
+def field_comments(cls: type) -> dict[str, str]:
+    """Each field's comment in the dataclass source: the comment lines above it and the one after it."""
+    import ast
+    import inspect
+    import io
+    import textwrap
+    import tokenize
+
+    src = textwrap.dedent(inspect.getsource(cls))
+    comments = {t.start[0]: t.string.lstrip("#").strip() for t in tokenize.generate_tokens(io.StringIO(src).readline)
+                if t.type == tokenize.COMMENT}
+    code_lines = {n for n, line in enumerate(src.splitlines(), 1) if line.strip() and not line.strip().startswith("#")}
+    out = {}
+    for node in ast.parse(src).body[0].body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            above, n = [], node.lineno - 1
+            while n > 0 and n in comments and n not in code_lines:
+                above.insert(0, comments[n])
+                n -= 1
+            trailing = [comments[node.end_lineno]] if node.end_lineno in comments else []
+            out[node.target.id] = " ".join(above + trailing)
+    return out
+
+
+def config_help(cfg: Any, width: int = 100) -> str:
+    """A verb's `--help` list of config keys: each key of the `cfg` dataclass (nested ones dotted), its default
+    and the comment written beside it in the source — so a field's comment is its documentation."""
+    import textwrap
+
+    def show(v) -> str:
+        text = "[" + ", ".join(map(str, v)) + "]" if isinstance(v, list) else ('""' if v == "" else str(v))
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    lines = ["config keys (in the --config YAML, or key=value after the options; default after =):"]
+
+    def walk(obj, prefix: str) -> None:
+        notes = field_comments(type(obj))
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+                continue
+            head = f"  {prefix}{f.name} = {show(value)}"
+            text = head + (f"  — {notes[f.name]}" if notes.get(f.name) else "")
+            lines.extend(textwrap.wrap(text, width, subsequent_indent=" " * 6, break_on_hyphens=False))
+
+    walk(cfg, "")
+    return "\n".join(lines)

@@ -48,7 +48,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from radgpt.config import load_config, write_resolved
+from radgpt.config import config_help, load_config, write_resolved
 from radgpt.errors import FatalError
 from radgpt.models import DEFAULT_BASE
 from radgpt.reports.tasks import PAPER_INSTRUCTION
@@ -1143,59 +1143,9 @@ def _plot_loss(path: Path, rows: list[dict]) -> None:
     plt.close(fig)
 
 
-def _field_comments(cls: type) -> dict[str, str]:
-    """Each field's comment in the dataclass source: the comment lines above it and the one after it."""
-    import ast
-    import inspect
-    import io
-    import textwrap
-    import tokenize
-
-    src = textwrap.dedent(inspect.getsource(cls))
-    comments = {t.start[0]: t.string.lstrip("#").strip() for t in tokenize.generate_tokens(io.StringIO(src).readline)
-                if t.type == tokenize.COMMENT}
-    code_lines = {n for n, line in enumerate(src.splitlines(), 1) if line.strip() and not line.strip().startswith("#")}
-    out = {}
-    for node in ast.parse(src).body[0].body:
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            above, n = [], node.lineno - 1
-            while n > 0 and n in comments and n not in code_lines:
-                above.insert(0, comments[n])
-                n -= 1
-            trailing = [comments[node.end_lineno]] if node.end_lineno in comments else []
-            out[node.target.id] = " ".join(above + trailing)
-    return out
-
-
-def config_help(width: int = 100) -> str:
-    """`radgpt finetune --help`'s list of config keys, from the dataclasses and their source comments."""
-    import dataclasses
-    import textwrap
-
-    def show(v) -> str:
-        text = "[" + ", ".join(map(str, v)) + "]" if isinstance(v, list) else ('""' if v == "" else str(v))
-        return text if len(text) <= 40 else text[:37] + "..."
-
-    lines = ["config keys (in the --config YAML, or key=value after the options; default after =):"]
-
-    def walk(obj, prefix: str) -> None:
-        notes = _field_comments(type(obj))
-        for f in dataclasses.fields(obj):
-            value = getattr(obj, f.name)
-            if dataclasses.is_dataclass(value):
-                walk(value, f"{prefix}{f.name}.")
-                continue
-            head = f"  {prefix}{f.name} = {show(value)}"
-            text = head + (f"  — {notes[f.name]}" if notes.get(f.name) else "")
-            lines.extend(textwrap.wrap(text, width, subsequent_indent=" " * 6, break_on_hyphens=False))
-
-    walk(FinetuneConfig(), "")
-    return "\n".join(lines)
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.epilog = config_help() + """
+    p.epilog = config_help(FinetuneConfig()) + """
 
 examples:
   radgpt finetune --config configs/smollm2-135m-cpu.yaml train.eval_every=50 train.early_stopping_patience=3

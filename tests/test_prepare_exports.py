@@ -270,3 +270,17 @@ def test_report_text_with_an_impression_column_beside_it(tmp_path):
     assert (recs["A1"]["findings"], recs["A1"]["impression"]) == ("Lungs clear.", "Normal.")
     assert (recs["A2"]["findings"], recs["A2"]["impression"]) == ("Small effusion.", "Effusion.")
     assert "impression from its own column" in recs["A2"]["notes"][-1]
+
+
+def test_prepare_help_lists_every_columns_key_with_its_meaning(capsys):
+    import dataclasses
+
+    from radgpt.reports.sources import ColumnMap
+
+    with pytest.raises(SystemExit):
+        main(["prepare", "--help"])
+    out = capsys.readouterr().out
+    for f in dataclasses.fields(ColumnMap):
+        line = next((x for x in out.splitlines() if x.strip().startswith(f"columns.{f.name} =")), "")
+        assert "—" in line, f"columns.{f.name} has no meaning in --help"
+    assert "split.by = patient" in out and "encoding = auto" in out

@@ -43,11 +43,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from radgpt.config import load_config, to_dict, write_resolved
+from radgpt.config import config_help, load_config, to_dict, write_resolved
 from radgpt.errors import FatalError
 from radgpt.reports.records import DEFAULT_PHI_TOKEN, Problem, Record
-from radgpt.reports.sources import (COLUMN_HELP, SOURCES, ColumnMap, ReadOptions, detect_source, read_source,
-                                    resolve_columns, table_header)
+from radgpt.reports.sources import (SOURCES, ColumnMap, ReadOptions, detect_source, read_source, resolve_columns,
+                                    table_header)
 from radgpt.reports.splits import SPLITS, hash_split, load_split_file
 from radgpt.reports.tasks import TASKS, alpaca_example, chat_example
 
@@ -60,8 +60,9 @@ class SplitConfig:
     seed: int = 42  # same seed + same patient ids = same split, on any machine
     file: str = ""  # CSV with `split` + study_id/id/subject_id (e.g. MIMIC's official split); overrides the hash
     drop_leaked: bool = False  # validate/test pairs also found in train are flagged; set true to drop them
-    by: str = "patient"  # patient: a patient's reports stay in one split; report: each report on its own (leaks
-    #                     when patients have several reports; prepare stops rather than do it silently)
+    # patient: a patient's reports stay in one split; report: each report on its own (leaks when patients have
+    # several reports, so a table with no patient column stops rather than do it silently)
+    by: str = "patient"
 
 
 @dataclass
@@ -169,19 +170,19 @@ def _plan_inputs(cfg: PrepareConfig, inputs: list[Path], opts: ReadOptions, cons
     plans = []
     for path in inputs:
         if not path.exists():
-            plans.append({"path": str(path), "source": None, "columns": None})
+            plans.append({"source": None, "columns": None})
             continue
         source = detect_source(path) if cfg.source == "auto" else cfg.source
         columns, header = None, None
         if source == "table":
             header = table_header(path, opts.encoding)
             if isinstance(header, Problem):  # empty or unreadable: the reader reports it, the other inputs go on
-                plans.append({"path": str(path), "source": source, "columns": None, "patient_level": True})
+                plans.append({"source": source, "columns": None})
                 continue
             columns = resolve_columns(header, cfg.columns, str(path))
             if isinstance(columns, Problem):
                 raise FatalError(f"{columns.origin}: {columns.reason}")
-            given = {k for k in COLUMN_HELP if getattr(cfg.columns, k)}
+            given = {k for k, v in vars(cfg.columns).items() if v}
             shown = ", ".join(f"{k}={v}" + ("" if k in given else " (detected)") for k, v in columns.items())
             console.print(f"{path}: columns {shown}", highlight=False, markup=False)
         patient_level = source in ("mimic", "openi-xml", "iu-csv") or (columns is not None and "patient_id" in columns)
@@ -190,7 +191,7 @@ def _plan_inputs(cfg: PrepareConfig, inputs: list[Path], opts: ReadOptions, cons
             raise FatalError(f"{path}: {where}, so the split would not be by patient (one patient's reports could "
                              "land in train and test): map it with columns.patient_id=NAME, or accept a split by "
                              "report with split.by=report")
-        plans.append({"path": str(path), "source": source, "columns": columns, "patient_level": patient_level})
+        plans.append({"source": source, "columns": columns})
     return plans
 
 
@@ -332,7 +333,7 @@ def prepare(cfg: PrepareConfig, console: Console | None = None, force: bool = Fa
                     continue
                 if inference_f is not None:
                     keep = ("id", "patient_id", "findings", "indication", "comparison", "impression", "origin")
-                    inference_f.write(json.dumps({k: row[k] for k in keep}, ensure_ascii=False) + "\n")
+                    inference_f.write(_JSON.encode({k: row[k] for k in keep}) + "\n")
                     counts["for_inference"] += 1
                     continue
 
@@ -497,21 +498,12 @@ def print_summary(summary: dict, console: Console) -> None:
     console.print(f"done in {summary['seconds']} s → {summary['config']['out']}", highlight=False)
 
 
-def _help_epilog() -> str:
-    cols = "\n".join(f"  columns.{k:<11} {v}" for k, v in COLUMN_HELP.items())
-    return f"""config keys (key=value after the inputs, or in --config YAML):
-{cols}
-  encoding            auto (UTF-8; rows that are not are read as cp1252 and noted) or one codec, e.g. cp1252
-  split.by            patient (default) or report; a table with no patient column stops unless split.by=report
-  split.seed, split.train/validate/test, split.file, split.drop_leaked
-  filters.min_findings_words, filters.max_findings_words, filters.min_impression_words, ...
-  tasks, formats, instruction, phi_token, pseudonymize (ids → keyed hashes; id_map.csv links them back)
-Columns not given are detected by name, ignoring case, spaces and _ (ReportText, Report Text, report_text)."""
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.epilog = _help_epilog()
+    p.epilog = config_help(PrepareConfig()) + """
+
+columns.* not given are detected by name, ignoring case, spaces and _ (ReportText, Report Text, report_text);
+a table with no patient column stops unless split.by=report."""
     p.add_argument("inputs", nargs="*", metavar="PATH|key=value",
                    help="report files or folders (MIMIC tree/zip, OpenI XML/tgz, CSV/TSV, Excel .xlsx, JSONL, .txt); "
                         "items of the form key=value are config overrides, e.g. split.seed=7 columns.text=ReportText")

@@ -240,8 +240,7 @@ def _segment(lines: list[str], low_text: str) -> tuple[list[str], list[tuple[str
         may_sign = sign_cues and _has(low, _SIGNOFF_WORDS)
         if may_sign and _SIGNOFF.match(line):
             last = segments[-1][2] if segments else preamble
-            if last and _SIGNOFF_LEAD.search(last[-1]):
-                lead = _SIGNOFF_LEAD.search(last[-1])
+            if last and (lead := _SIGNOFF_LEAD.search(last[-1])):
                 last[-1], line = last[-1][:lead.start()], last[-1][lead.start():].strip() + " " + line.strip()
             segments.append(("signature", "", [line]))
             continue
@@ -280,8 +279,6 @@ def _segment(lines: list[str], low_text: str) -> tuple[list[str], list[tuple[str
 
 _INLINE_SECTIONS = ("findings", "impression", "findings_impression", "indication", "comparison", "technique",
                     "examination", "recommendation")
-# A known header after a sentence end inside a line: exports that flatten a report onto one line
-# ("INDICATION: Cough. FINDINGS: Clear. IMPRESSION: Normal.").
 # A known header inside a line: exports that flatten a report onto one line ("INDICATION: Cough. FINDINGS:
 # Clear. IMPRESSION: Normal."). In any case after a sentence end; capitalised ("Findings:", "FINDINGS:") after
 # any word. Found by looking back from each colon (a regex over every header name is 5× slower on MIMIC).
@@ -446,7 +443,7 @@ def parse_report(text: str, phi_token: str = DEFAULT_PHI_TOKEN) -> ParsedReport:
         lead = list(preamble)
         while lead and (not lead[0].strip() or _is_title(lead[0], next((x for x in lead[1:] if x.strip()), ""))):
             lead.pop(0)
-        first_imp = next(i for i, seg in enumerate(segments) if seg[0] == "impression")
+        first_imp = next((i for i, seg in enumerate(segments) if seg[0] == "impression"), 0)
         before = segments[first_imp - 1] if first_imp > 0 else None
         if _paragraphs(lead):
             # an exam title run into the first sentence of a flattened report: "XR CHEST PA AND LATERAL Lungs are"

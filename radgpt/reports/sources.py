@@ -63,29 +63,19 @@ COLUMN_CONTAINS = {
     "text": lambda n: ("report" in n or "rpt" in n) and any(w in n for w in ("text", "txt", "narrative", "body",
                                                                                "content")),
 }
-# What each columns.* key means, for --help and the README.
-COLUMN_HELP = {
-    "text": "the whole free-text report in one cell, split into sections (e.g. ReportText, Report, Narrative)",
-    "findings": "the findings section, when the export has sections in their own columns",
-    "impression": "the impression section (its own column)",
-    "indication": "the indication / clinical history (its own column)",
-    "comparison": "the comparison (its own column)",
-    "id": "the report's id, kept in every output (e.g. AccessionNumber, StudyID)",
-    "patient_id": "the patient (e.g. PatientMRN, MRN, PatientID): splits keep each patient's reports together",
-}
 
 
 @dataclass
 class ColumnMap:
-    """Column names for `table` sources; empty = detect from COLUMN_CANDIDATES."""
+    """Column names for `table` sources; empty = detected (COLUMN_CANDIDATES). The comments are `--help`."""
 
-    id: str = ""
-    patient_id: str = ""
-    findings: str = ""
-    impression: str = ""
-    indication: str = ""
-    comparison: str = ""
-    text: str = ""  # a column holding the whole free-text report, parsed into sections
+    id: str = ""  # the report's id, kept in every output (e.g. AccessionNumber, StudyID)
+    patient_id: str = ""  # the patient (e.g. PatientMRN, MRN, PatientID): a patient's reports stay in one split
+    findings: str = ""  # the findings section, when the export has sections in their own columns
+    impression: str = ""  # the impression section (its own column)
+    indication: str = ""  # the indication / clinical history (its own column)
+    comparison: str = ""  # the comparison (its own column)
+    text: str = ""  # the whole free-text report in one cell, split into sections (e.g. ReportText, Narrative)
 
 
 @dataclass
@@ -173,8 +163,8 @@ class _Unparsed:
     fill: dict = field(default_factory=dict)  # sections from their own columns, used where the text has none
 
 
-def _record_from_text(text: str, rid: str, source: str, origin: str, opts: ReadOptions,
-                      patient_id: str = "", study_id: str = "", path: str = "") -> _Unparsed:
+def _record_from_text(text: str, rid: str, source: str, origin: str, patient_id: str = "", study_id: str = "",
+                      path: str = "") -> _Unparsed:
     return _Unparsed(Record(id=rid, source=source, patient_id=patient_id, study_id=study_id, origin=origin), text, path)
 
 
@@ -287,14 +277,14 @@ def read_mimic(path: Path, opts: ReadOptions) -> Iterator[Record | Problem]:
                     yield text
                     continue
                 rid, patient, study = _mimic_ids(info.filename)
-                yield _record_from_text(text, rid, "mimic", origin, opts, patient, study)
+                yield _record_from_text(text, rid, "mimic", origin, patient, study)
         return
     root = len(str(path)) + 1
     for f in _walk_sorted(path):
         if not f.lower().endswith(".txt"):
             continue
         rid, patient, study = _mimic_ids(f[root:])
-        yield _record_from_text("", rid, "mimic", f, opts, patient, study, path=f)  # read by a worker
+        yield _record_from_text("", rid, "mimic", f, patient, study, path=f)  # read by a worker
 
 
 # ------------------------------------------------------------------ free text (in-house)
@@ -302,7 +292,7 @@ def read_mimic(path: Path, opts: ReadOptions) -> Iterator[Record | Problem]:
 def read_text(path: Path, opts: ReadOptions) -> Iterator[Record | Problem]:
     files = [path] if path.is_file() else (Path(f) for f in _walk_sorted(path) if f.lower().endswith(".txt"))
     for f in files:
-        yield _record_from_text("", f.stem, "text", str(f), opts, study_id=f.stem, path=str(f))  # read by a worker
+        yield _record_from_text("", f.stem, "text", str(f), study_id=f.stem, path=str(f))  # read by a worker
 
 
 # ------------------------------------------------------------------ OpenI XML
@@ -405,14 +395,13 @@ def _as_latin1(cell: str, encoding: str) -> str:
 def _open_table(path: Path, encoding: str) -> tuple[io.TextIOBase, str] | Problem:
     try:
         f = open(path, "rb")
-        head = f.read(4)
+        head = f.read(1 << 16)
         f.seek(0)
     except OSError as e:
         return Problem(str(path), f"unreadable file ({e.strerror or e})")
-    if not head.strip() and not f.read(1 << 16).strip():
+    if not head.strip():
         f.close()
         return Problem(str(path), "empty file")
-    f.seek(0)
     if encoding == "auto":
         # a byte-order mark names the encoding (Excel's "Unicode text" is UTF-16); otherwise UTF-8 per row,
         # with cp1252 for the rows that are not
@@ -438,24 +427,35 @@ def _csv_header(path: Path, encoding: str = "auto") -> list[str] | Problem:
         return opened
     fh, enc = opened
     with fh:
-        first = fh.readline()
-        row = next(csv.reader([first], delimiter=_delimiter(first, path)), None)
-    cells, _ = _decode_cells(row or [], enc)
-    if not cells or not any(c.strip() for c in cells):
+        started = _csv_start(path, fh, enc)
+    return started if isinstance(started, Problem) else started[1]
+
+
+def _csv_start(path: Path, fh: io.TextIOBase, enc: str) -> tuple[Iterator[list[str]], list[str]] | Problem:
+    """(a csv reader positioned after the header, the header's column names); the delimiter is the header's."""
+    first = fh.readline()
+    reader = csv.reader(itertools.chain([first], fh), delimiter=_delimiter(first, path))
+    try:
+        header = next(reader, None)
+    except csv.Error as e:
+        return Problem(str(path), f"header row is not valid CSV ({e})")
+    header, _ = _decode_cells(header or [], enc)
+    if not header or not any(h.strip() for h in header):
         return Problem(str(path), "no header row")
-    return [c.strip().lstrip("\ufeff") for c in cells]
+    return reader, [h.strip().lstrip("\ufeff") for h in header]
 
 
-def _iter_rows(path: Path, encoding: str = "auto") -> Iterator[tuple[str, dict | Problem]]:
-    """Yield (origin, row-dict or Problem) for CSV/TSV/JSONL/JSON. Origins name the file and the row's first
-    line; a row that cannot be decoded or split is a Problem and the rows after it are still read."""
+def _iter_rows(path: Path, encoding: str = "auto") -> Iterator[tuple[str, dict | Problem, str]]:
+    """Yield (origin, row-dict or Problem, decoding note) for CSV/TSV/JSONL/JSON/.xlsx. Origins name the file and
+    the row's first line; a row that cannot be decoded or split is a Problem and the rows after it are still
+    read; the note says when a row was read as cp1252."""
     name = path.name.lower()
     if name.endswith((".xlsx", ".xlsm")):
         yield from _xlsx_rows(path)
         return
     opened = _open_table(path, encoding)
     if isinstance(opened, Problem):
-        yield str(path), opened
+        yield str(path), opened, ""
         return
     fh, enc = opened
     with fh:
@@ -465,18 +465,18 @@ def _iter_rows(path: Path, encoding: str = "auto") -> Iterator[tuple[str, dict |
         if name.endswith(".json"):
             text, why = _decode_cells([fh.read()], enc)
             if text is None:
-                yield str(path), Problem(str(path), why)
+                yield str(path), Problem(str(path), why), ""
                 return
             try:
                 data = json.loads(text[0])
             except json.JSONDecodeError as e:
-                yield str(path), Problem(str(path), f"not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}")
+                yield str(path), Problem(str(path), f"not valid JSON (line {e.lineno}, column {e.colno}): {e.msg}"), ""
                 return
             if isinstance(data, dict):
                 data = next((v for v in data.values() if isinstance(v, list)), [data])
             for i, row in enumerate(data):
                 origin = f"{path}[{i}]"
-                yield origin, row if isinstance(row, dict) else Problem(origin, "item is not an object")
+                yield origin, row if isinstance(row, dict) else Problem(origin, "item is not an object"), why
             return
         for i, line in enumerate(fh, start=1):
             if not line.strip():
@@ -484,37 +484,25 @@ def _iter_rows(path: Path, encoding: str = "auto") -> Iterator[tuple[str, dict |
             origin = f"{path}:{i}"
             decoded, why = _decode_cells([line], enc)
             if decoded is None:
-                yield origin, Problem(origin, f"line {i}: {why}", {"line_latin1": _as_latin1(line, enc).rstrip("\r\n")})
+                yield origin, Problem(origin, f"line {i}: {why}", {"line_latin1": _as_latin1(line, enc).rstrip("\r\n")}), ""
                 continue
             try:
                 row = json.loads(decoded[0])
             except json.JSONDecodeError as e:
-                yield origin, Problem(origin, f"line {i} is not valid JSON ({e.msg})", {"line": decoded[0].rstrip("\r\n")})
+                yield origin, Problem(origin, f"line {i} is not valid JSON ({e.msg})", {"line": decoded[0].rstrip("\r\n")}), ""
                 continue
             if not isinstance(row, dict):
-                yield origin, Problem(origin, f"line {i} is not a JSON object")
+                yield origin, Problem(origin, f"line {i} is not a JSON object"), ""
                 continue
-            if why:
-                row[_DECODE_NOTE] = f"line {i}: {why}"
-            yield origin, row
+            yield origin, row, f"line {i}: {why}" if why else ""
 
 
-_DECODE_NOTE = "\x00decoded"  # carried in a row dict to the record's notes; no real column has this name
-
-
-def _csv_rows(path: Path, fh: io.TextIOBase, enc: str) -> Iterator[tuple[str, dict | Problem]]:
-    first = fh.readline()
-    reader = csv.reader(itertools.chain([first], fh), delimiter=_delimiter(first, path))
-    try:
-        header = next(reader, None)
-    except csv.Error as e:
-        yield str(path), Problem(str(path), f"header row is not valid CSV ({e})")
+def _csv_rows(path: Path, fh: io.TextIOBase, enc: str) -> Iterator[tuple[str, dict | Problem, str]]:
+    started = _csv_start(path, fh, enc)
+    if isinstance(started, Problem):
+        yield str(path), started, ""
         return
-    header, _ = _decode_cells(header or [], enc)
-    if not header or not any(h.strip() for h in header):
-        yield str(path), Problem(str(path), "no header row")
-        return
-    header = [h.strip().lstrip("\ufeff") for h in header]
+    reader, header = started
     last_line = reader.line_num
     while True:
         start = last_line + 1  # the row's first line (a quoted field can span several)
@@ -530,19 +518,16 @@ def _csv_rows(path: Path, fh: io.TextIOBase, enc: str) -> Iterator[tuple[str, di
         cells, why = _decode_cells(row, enc)
         if cells is None:
             yield origin, Problem(origin, f"line {start}: {why}; pass encoding=NAME if the whole file has one",
-                                  {"row_latin1": [_as_latin1(c, enc) for c in row]})
+                                  {"row_latin1": [_as_latin1(c, enc) for c in row]}), ""
             continue
         if not any(c.strip() for c in cells):
-            yield origin, Problem(origin, f"line {start}: empty row", {"row": cells})
+            yield origin, Problem(origin, f"line {start}: empty row", {"row": cells}), ""
             continue
         if len(cells) != len(header):
             yield origin, Problem(origin, f"line {start}: row has {len(cells)} fields, header has {len(header)}",
-                                  {"row": cells})
+                                  {"row": cells}), ""
             continue
-        out = dict(zip(header, cells))
-        if why:
-            out[_DECODE_NOTE] = f"line {start}: {why}"
-        yield origin, out
+        yield origin, dict(zip(header, cells)), f"line {start}: {why}" if why else ""
 
 
 def _xlsx_value(v) -> str:
@@ -556,17 +541,17 @@ def _xlsx_value(v) -> str:
     return str(v).replace("_x000D_", "")
 
 
-def _xlsx_rows(path: Path) -> Iterator[tuple[str, dict | Problem]]:
+def _xlsx_rows(path: Path) -> Iterator[tuple[str, dict | Problem, str]]:
     """The first sheet of an Excel workbook, streamed (openpyxl read-only); origins are `file:sheet!row N`."""
     try:
         import openpyxl
     except ImportError:
-        yield str(path), Problem(str(path), "reading .xlsx needs the openpyxl package (pip install openpyxl)")
+        yield str(path), Problem(str(path), "reading .xlsx needs the openpyxl package (pip install openpyxl)"), ""
         return
     try:
         wb = openpyxl.load_workbook(path, read_only=True, data_only=True)
     except Exception as e:  # noqa: BLE001 — zip, XML and openpyxl's own errors all mean "not a workbook we can read"
-        yield str(path), Problem(str(path), f"not a readable .xlsx workbook ({type(e).__name__}: {e})")
+        yield str(path), Problem(str(path), f"not a readable .xlsx workbook ({type(e).__name__}: {e})"), ""
         return
     try:
         ws = wb.worksheets[0]
@@ -581,16 +566,16 @@ def _xlsx_rows(path: Path) -> Iterator[tuple[str, dict | Problem]]:
                         header.pop()
                 continue
             if not any(c.strip() for c in cells):
-                yield origin, Problem(origin, f"row {n}: empty row", {"row": cells})
+                yield origin, Problem(origin, f"row {n}: empty row", {"row": cells}), ""
                 continue
             cells = (cells + [""] * len(header))[:max(len(header), len(cells))]
             if any(c.strip() for c in cells[len(header):]):
                 yield origin, Problem(origin, f"row {n}: values beyond the header's {len(header)} columns",
-                                      {"row": cells})
+                                      {"row": cells}), ""
                 continue
-            yield origin, dict(zip(header, cells))
+            yield origin, dict(zip(header, cells)), ""
         if header is None:
-            yield str(path), Problem(str(path), "no header row (the first sheet is empty)")
+            yield str(path), Problem(str(path), "no header row (the first sheet is empty)"), ""
     finally:
         wb.close()
 
@@ -634,9 +619,9 @@ def table_header(path: Path, encoding: str = "auto") -> list[str] | Problem:
     """A table's column names: the CSV header, or the keys of the first JSON/JSONL record or .xlsx row."""
     if path.name.lower().endswith((".csv", ".tsv", ".tab")):
         return _csv_header(path, encoding)
-    for _, row in _iter_rows(path, encoding):
+    for _, row, _ in _iter_rows(path, encoding):
         if isinstance(row, dict):
-            return [k for k in row if k != _DECODE_NOTE]
+            return list(row)
     return Problem(str(path), "no readable rows")
 
 
@@ -655,12 +640,12 @@ def _cell(row: dict, col: str | None) -> str:
 
 def read_table(path: Path, opts: ReadOptions, source: str = "table") -> Iterator[Record | Problem]:
     cols: dict[str, str] | None = None
-    for n, (origin, row) in enumerate(_iter_rows(path, opts.encoding)):
+    for n, (origin, row, note) in enumerate(_iter_rows(path, opts.encoding)):
         if isinstance(row, Problem):
             yield row
             continue
         if cols is None:
-            resolved = resolve_columns([k for k in row if k != _DECODE_NOTE], opts.columns, str(path))
+            resolved = resolve_columns(list(row), opts.columns, str(path))
             if isinstance(resolved, Problem):
                 yield resolved
                 return  # every row of this file would fail the same way: one clear problem
@@ -670,7 +655,7 @@ def read_table(path: Path, opts: ReadOptions, source: str = "table") -> Iterator
         # the whole report is parsed unless the export gives the findings in their own column; a section column
         # next to the report text (an "Impression" column beside "ReportText") fills what the text lacks
         if "text" in cols and _cell(row, cols["text"]).strip() and not _cell(row, cols.get("findings")).strip():
-            unparsed = _record_from_text(_cell(row, cols["text"]), rid, source, origin, opts, patient, rid)
+            unparsed = _record_from_text(_cell(row, cols["text"]), rid, source, origin, patient, rid)
             unparsed.fill = {f: normalize_text(_cell(row, cols[f]), opts.phi_token)
                              for f in ("impression", "indication", "comparison") if f in cols}
             rec = unparsed.record
@@ -681,8 +666,8 @@ def read_table(path: Path, opts: ReadOptions, source: str = "table") -> Iterator
             rec = Record(id=rid, source=source, patient_id=patient, study_id=rid, origin=origin, **norm)
             rec.sections = {k: v for k, v in (("findings", rec.findings), ("impression", rec.impression),
                                               ("indication", rec.indication), ("comparison", rec.comparison)) if v}
-        if row.get(_DECODE_NOTE):
-            rec.notes.append(row[_DECODE_NOTE])
+        if note:
+            rec.notes.append(note)
         if source == "iu-csv":
             rec.mesh = [m.strip() for m in row.get("MeSH", "").split(";") if m.strip()]
             rec.problems = [p.strip() for p in row.get("Problems", "").split(";") if p.strip()]
