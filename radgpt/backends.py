@@ -248,12 +248,6 @@ class FolderTokenizer:
         self.chat_template = jinja.read_text(encoding="utf-8") if jinja.exists() else cfg.get("chat_template")
         self._hf = None
 
-    @classmethod
-    def usable(cls, folder: str | Path) -> bool:
-        cfg = Path(folder) / "tokenizer_config.json"
-        return (Path(folder) / "tokenizer.json").exists() and not (
-            cfg.exists() and json.loads(cfg.read_text(encoding="utf-8")).get("clean_up_tokenization_spaces"))
-
     def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
         return {"input_ids": self._tok.encode(text, add_special_tokens=add_special_tokens).ids}
 
@@ -276,8 +270,11 @@ class FolderTokenizer:
 
 def folder_tokenizer(folder: str | Path):
     """FolderTokenizer when the folder's tokenizer.json is enough, else transformers' AutoTokenizer."""
-    if FolderTokenizer.usable(folder):
-        return FolderTokenizer(folder)
+    if (Path(folder) / "tokenizer.json").exists():
+        try:
+            return FolderTokenizer(folder)
+        except ValueError:  # a decoding step tokenizers does not do (clean_up_tokenization_spaces)
+            pass
     from transformers import AutoTokenizer
 
     from radgpt.models import quiet_transformers
