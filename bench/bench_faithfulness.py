@@ -37,7 +37,7 @@ def impress_file(model: str | None, data: Path, out: Path, extra: list[str]) -> 
 
 
 def latency(model: str | None, backend: str, findings: list[str], n: int) -> float:
-    from radgpt.impress import load_model
+    from radgpt.impress.load import load_model
 
     m = load_model(model, backend=backend)  # as `impress "text"` and `serve` load it for single impressions
     for f in findings[:2]:
@@ -51,8 +51,8 @@ def latency(model: str | None, backend: str, findings: list[str], n: int) -> flo
 
 
 def score(data: Path, preds_path: Path) -> dict:
-    from radgpt.evaluate.faithfulness import faithfulness
-    from radgpt.finetune import rouge_summary
+    from radgpt.findings.faithfulness import faithfulness
+    from radgpt.finetune.train import rouge_summary
 
     rows = [json.loads(x) for x in data.read_text().splitlines() if x.strip()]
     preds = {str(p["id"]): p["impression"] for p in map(json.loads, preds_path.read_text().splitlines())}

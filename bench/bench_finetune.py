@@ -27,10 +27,10 @@ CONFIG = ROOT / "configs" / "smollm2-135m-cpu.yaml"
 
 
 def _examples(cfg, n):
-    from radgpt.instruct_data import attach_retrieval, read_examples, tokenize
-    from radgpt.models import load_tokenizer
-    from radgpt.prompts import PromptTemplate
-    from radgpt.retrieval import Case, CaseIndex
+    from radgpt.finetune.data import attach_retrieval, read_examples, tokenize
+    from radgpt.runs.base_models import load_tokenizer
+    from radgpt.runs.prompts import PromptTemplate
+    from radgpt.runs.retrieval import Case, CaseIndex
 
     tok = load_tokenizer(cfg.model.base)
     train = read_examples(ROOT / cfg.data.train)
@@ -42,8 +42,9 @@ def _examples(cfg, n):
 
 
 def run_radgpt(n: int, out: Path) -> dict:
-    from radgpt.config import load_config
-    from radgpt.finetune import FinetuneConfig, finetune
+    from radgpt.common.config import load_config
+    from radgpt.finetune.train import finetune
+    from radgpt.runs.config import FinetuneConfig
 
     cfg = load_config(FinetuneConfig, CONFIG, [f"out={out}", f"data.max_train_samples={n}", "data.validate=",
                                                "train.save_every=0", "train.epochs=1"])
@@ -52,13 +53,12 @@ def run_radgpt(n: int, out: Path) -> dict:
 
 
 def run_trainer(n: int, out: Path, bf16: bool) -> dict:
-    import torch
     from peft import LoraConfig, get_peft_model
     from transformers import DataCollatorForSeq2Seq, Trainer, TrainingArguments
 
-    from radgpt.config import load_config
-    from radgpt.finetune import FinetuneConfig
-    from radgpt.models import load_base_model
+    from radgpt.common.config import load_config
+    from radgpt.runs.base_models import load_base_model
+    from radgpt.runs.config import FinetuneConfig
 
     cfg = load_config(FinetuneConfig, CONFIG)
     tok, _, items = _examples(cfg, n)
@@ -82,7 +82,7 @@ def child(kind: str, n: int, out: str) -> None:
     import torch
 
     torch.set_num_threads(torch_threads)
-    from radgpt.models import quiet_transformers
+    from radgpt.runs.base_models import quiet_transformers
 
     quiet_transformers()
     res = run_radgpt(n, Path(out)) if kind == "radgpt" else run_trainer(n, Path(out), bf16=kind == "trainer-bf16")

@@ -32,7 +32,7 @@ def pct(xs, q):
 
 def bench(model, batch_model, findings, refs, latency_n, batch_size, decoding, rows_out):
     """`model` as `impress`/`serve` load it for single impressions, `batch_model` as for a batch file."""
-    from radgpt.finetune import rouge_summary
+    from radgpt.finetune.train import rouge_summary
 
     for f in findings[:2]:  # warm-up
         model.impress([f], decoding)
@@ -73,8 +73,8 @@ def main() -> int:
     ap.add_argument("--json", help="also write the rows here")
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from radgpt.generate import Decoding
-    from radgpt.impress import load_model
+    from radgpt.impress.load import load_model
+    from radgpt.runs.decoding import Decoding
 
     rows = [json.loads(x) for x in Path(args.data).read_text().splitlines() if x.strip()]
     if args.limit:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from radgpt.evaluate.labeler import binary, label  # noqa: E402
-from radgpt.evaluate.negbio import agreement, frequent_labels, load_openi  # noqa: E402
+from radgpt.findings.labeler import binary, label  # noqa: E402
+from radgpt.findings.negbio import agreement, frequent_labels, load_openi  # noqa: E402
 
 OPENI = Path(__file__).resolve().parents[2] / "shared" / "data" / "openi"
 

@@ -10,7 +10,7 @@ Each model's impressions come from the command a user runs (`radgpt impress FILE
 measures of bench/bench_faithfulness.py (R-L on abnormal references, missed-abnormal, finding F1, unsupported).
 Language models go through impress's faithfulness repair, as any LM does by default. `--raw` adds each LM's
 text as generated: then each LM is run once with `--no-repair` and its repaired text is derived with
-radgpt.impress.finish, the function impress itself applies (one generation per model instead of two).
+radgpt.impress.model.finish, the function impress itself applies (one generation per model instead of two).
 `--evaluate OUT` also runs `radgpt evaluate` on all prediction files (CIs, paired tests, report.md).
 """
 
@@ -51,8 +51,8 @@ def impress(data: Path, out: Path, flags: list[str]) -> float:
 
 
 def repaired(data: Path, raw: Path, out: Path) -> None:
-    """`raw` (impress --no-repair) as impress writes it with repair: the same radgpt.impress.finish."""
-    from radgpt.impress import finish
+    """`raw` (impress --no-repair) as impress writes it with repair: the same radgpt.impress.model.finish."""
+    from radgpt.impress.model import finish
 
     findings = {str(r["idx"]): r["inputs"] for r in map(json.loads, data.read_text().splitlines())}
     with open(out, "w", encoding="utf-8") as f:

@@ -18,8 +18,8 @@ import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from radgpt.reports.records import normalize_text  # noqa: E402
-from radgpt.reports.sections import parse_report  # noqa: E402
+from radgpt.prepare.records import normalize_text  # noqa: E402
+from radgpt.prepare.sections import parse_report  # noqa: E402
 
 DEFAULT_CSV = Path(__file__).resolve().parents[2] / "shared/data/openi/indiana_reports.csv"
 

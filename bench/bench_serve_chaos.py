@@ -173,7 +173,7 @@ def run_chaos_in_process(model, tmp: Path, requests: int, clients: int, seed: in
 
     import uvicorn
 
-    from radgpt.net import slow_client_guard
+    from radgpt.common.net import slow_client_guard
     from radgpt.serve.app import Settings, create_app
 
     app = create_app({"m": model}, Settings(audit_log=str(tmp / "audit.jsonl"), timeout_s=10, **settings))

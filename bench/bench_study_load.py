@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from radgpt.study.criteria import NAMES
-from radgpt.study.models import Rating, Slot, open_db
+from radgpt.study.db import Rating, Slot, open_db
 from radgpt.study.synthetic import free_port, make_study, start_server
 
 PASSWORD = "bench-password-123"

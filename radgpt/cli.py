@@ -12,17 +12,17 @@ import importlib.util
 import sys
 
 from radgpt import __version__
-from radgpt.config import ConfigError
-from radgpt.errors import FatalError
+from radgpt.common.config import ConfigError
+from radgpt.common.errors import FatalError
 
 # verb -> (module, one-line help). The order is the pipeline's order.
 VERBS: dict[str, tuple[str, str]] = {
-    "prepare": ("radgpt.reports.prepare", "read reports, split sections, build instruction data"),
-    "finetune": ("radgpt.finetune", "LoRA/QLoRA instruction-tune a causal LM"),
-    "merge": ("radgpt.merge", "merge a LoRA adapter into its base model"),
-    "export": ("radgpt.export", "export a model to a fast CPU format"),
-    "impress": ("radgpt.impress", "write impressions from findings"),
-    "serve": ("radgpt.serve", "local OpenAI-compatible server and clinician page"),
+    "prepare": ("radgpt.prepare.cli", "read reports, split sections, build instruction data"),
+    "finetune": ("radgpt.finetune.cli", "LoRA/QLoRA instruction-tune a causal LM"),
+    "merge": ("radgpt.export.merge", "merge a LoRA adapter into its base model"),
+    "export": ("radgpt.export.cli", "export a model to a fast CPU format"),
+    "impress": ("radgpt.impress.cli", "write impressions from findings"),
+    "serve": ("radgpt.serve.cli", "local OpenAI-compatible server and clinician page"),
     "label": ("radgpt.evaluate.label_cli", "label chest X-ray findings in reports"),
     "evaluate": ("radgpt.evaluate.cli", "score and compare predictions against references"),
     "study": ("radgpt.study.cli", "radiologist reader study: create, serve, analyze"),

@@ -2,8 +2,8 @@
 
 import pytest
 
-from radgpt.config import ConfigError, load_config, write_resolved
-from radgpt.reports.prepare import PrepareConfig
+from radgpt.common.config import ConfigError, load_config, write_resolved
+from radgpt.prepare.cli import PrepareConfig
 
 
 def test_yaml_then_overrides(tmp_path):

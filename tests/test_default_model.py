@@ -17,21 +17,21 @@ pytestmark = pytest.mark.slow
 def default_model():
     if not (DEFAULT / "adapter_config.json").exists():
         pytest.fail(f"{DEFAULT} is missing its adapter")
-    from radgpt.models import load_run
+    from radgpt.runs.run import RunFolder
 
-    return load_run(DEFAULT)
+    return RunFolder(DEFAULT).load()
 
 
 @pytest.fixture(scope="module")
 def impress_model():
     """The default model as `radgpt impress` loads it on a fresh install (transformers: no export yet)."""
-    from radgpt.impress import load_model
+    from radgpt.impress.load import load_model
 
     return load_model(str(DEFAULT), backend="transformers")
 
 
 def _impressions(model, findings: list[str], repair: bool = False) -> list[str]:
-    from radgpt.generate import Decoding
+    from radgpt.runs.decoding import Decoding
 
     return [r.impression for r in model.impress(findings, Decoding(max_new_tokens=48), repair=repair)]
 
@@ -81,7 +81,7 @@ def test_gguf_export_loads_back_with_the_merged_models_logits(default_model, tmp
     import torch
     from transformers import AutoModelForCausalLM
 
-    from radgpt.export_gguf import base_gguf, write_gguf
+    from radgpt.export.gguf import base_gguf, write_gguf
 
     out = write_gguf(default_model.model, base_gguf("packaged:smollm2-135m-instruct"), tmp_path / "m.gguf", "q8_0")
     back = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file=out.name).eval()
@@ -94,9 +94,9 @@ def test_gguf_export_loads_back_with_the_merged_models_logits(default_model, tmp
 
 
 def test_llama_cpp_backend_writes_the_same_impressions_as_ctranslate2(tmp_path):
-    from radgpt.export import export_run
-    from radgpt.generate import Decoding
-    from radgpt.impress import load_model
+    from radgpt.export.engines import export_run
+    from radgpt.impress.load import load_model
+    from radgpt.runs.decoding import Decoding
 
     folder = export_run(DEFAULT, tmp_path / "gguf", quantization="q8_0", log=lambda *a: None)
     findings = ["The heart is normal in size. The lungs are clear. No pleural effusion or pneumothorax.",
@@ -115,8 +115,8 @@ def test_ctranslate2_impressions_do_not_depend_on_the_batch():
     other findings, and in another order (exact-length batches; see CT2Backend.max_batch)."""
     import json
 
-    from radgpt.generate import Decoding
-    from radgpt.impress import load_model
+    from radgpt.impress.load import load_model
+    from radgpt.runs.decoding import Decoding
 
     rows = [json.loads(x) for x in (DEFAULT.parents[1] / "data/openi/clin-summ/train.jsonl").read_text().splitlines()]
     findings = [r["inputs"] for r in rows[:40]]

@@ -308,7 +308,7 @@ def test_worst_cases_list_a_missed_abnormal_case(evaluated):
 
 
 def test_report_hygiene_rounding_duplicates_macro_and_colours(evaluated):
-    from radgpt.evaluate.palette import colors_for
+    from radgpt.common.palette import colors_for
 
     out, report, _ = evaluated
     text = (out / "report.json").read_text()

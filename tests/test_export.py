@@ -8,7 +8,9 @@ import shutil
 from pathlib import Path
 
 from radgpt.cli import main
-from radgpt.export import cache_export_dir, export_run, find_export, vllm_compat_problems
+from radgpt.export.engines import cache_export_dir, export_run, find_export
+from radgpt.export.vllm import vllm_compat_problems
+from radgpt.runs.run import RunFolder
 from tests import test_impress
 
 tiny_run = test_impress.tiny_run  # the session fixture, shared
@@ -18,14 +20,14 @@ def test_float32_export_scores_like_the_merged_transformers_model(tiny_run, tmp_
     import ctranslate2
     import torch
 
-    from radgpt.models import load_run
+    from radgpt.runs.run import RunFolder
 
     out = export_run(tiny_run, tmp_path / "f32", quantization="float32", log=lambda *a: None)
     meta = json.loads((out / "radgpt_export.json").read_text())
     assert meta["quantization"] == "float32" and len(meta["adapter_sha256"]) == 64
     for name in ("prompt_template.json", "config.yaml", "retrieval_cases.jsonl", "tokenizer.json", "model.bin"):
         assert (out / name).exists(), name
-    loaded = load_run(tiny_run, merge=True)
+    loaded = RunFolder(tiny_run).load(merge=True)
     ids = loaded.tokenizer("Findings: heart size normal. Impression: no acute disease.",
                            add_special_tokens=False)["input_ids"]
     with torch.no_grad():
@@ -38,7 +40,7 @@ def test_float32_export_scores_like_the_merged_transformers_model(tiny_run, tmp_
 
 
 def test_cache_export_is_used_only_while_it_matches_the_adapter(tiny_run, tmp_path, monkeypatch, capsys):
-    from radgpt.impress import load_model
+    from radgpt.impress.load import load_model
 
     monkeypatch.setenv("RADGPT_CACHE", str(tmp_path / "cache"))
     run = tmp_path / "run"
@@ -47,7 +49,8 @@ def test_cache_export_is_used_only_while_it_matches_the_adapter(tiny_run, tmp_pa
     assert load_model(str(run)).backend.name == "transformers"  # auto: no export yet
     assert main(["export", str(run)]) == 0
     path = Path(capsys.readouterr().out.strip().splitlines()[-1])
-    assert path == cache_export_dir(run, json.loads((path / "radgpt_export.json").read_text())["adapter_sha256"])
+    assert path == cache_export_dir(run)
+    assert json.loads((path / "radgpt_export.json").read_text())["adapter_sha256"] == RunFolder(run).adapter_sha256
     assert find_export(run) == path
     assert load_model(str(run)).backend.name == "ctranslate2"
     assert main(["export", str(run)]) == 0 and "up to date" in capsys.readouterr().out
@@ -82,7 +85,7 @@ def test_vllm_adapter_compatibility(tiny_run, tmp_path, capsys):
 
 def test_export_refuses_what_is_not_a_run(tmp_path, capsys):
     assert main(["export", str(tmp_path)]) == 2
-    assert "not a radgpt run folder" in capsys.readouterr().err
+    assert "not a radgpt run or export folder (no config.yaml)" in capsys.readouterr().err
 
 
 def test_gguf_export_of_a_hugging_face_base_says_what_to_do_instead(tiny_run, tmp_path, capsys):
@@ -95,8 +98,8 @@ def test_gguf_export_of_a_hugging_face_base_says_what_to_do_instead(tiny_run, tm
 def test_llama_cpp_backend_refuses_a_folder_without_gguf(tmp_path):
     import pytest
 
-    from radgpt.backends import LlamaCppBackend
-    from radgpt.errors import FatalError
+    from radgpt.common.errors import FatalError
+    from radgpt.impress.backends.llamacpp import LlamaCppBackend
 
     with pytest.raises(FatalError, match="no model.gguf"):
         LlamaCppBackend(tmp_path)

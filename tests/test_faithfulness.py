@@ -3,8 +3,8 @@ sees — each checked on real report sentences."""
 
 from __future__ import annotations
 
-from radgpt.evaluate.faithfulness import consistency_flags, faithfulness, is_abnormal, unsupported
-from radgpt.prompts import PromptTemplate, clean_placeholders
+from radgpt.findings.faithfulness import consistency_flags, faithfulness, is_abnormal, unsupported
+from radgpt.runs.prompts import PromptTemplate, clean_placeholders
 
 
 def kinds(flags):
@@ -124,7 +124,7 @@ def test_placeholders_never_reach_users_and_report_text_cannot_speak_as_the_temp
 
 
 def test_repair_adds_the_missed_finding_in_the_findings_own_words():
-    from radgpt.evaluate.faithfulness import repair
+    from radgpt.findings.faithfulness import repair
 
     findings = ("Normal heart size and mediastinal contours. In the left lung base, there is a 9 mm nodule that "
                 "not definitively calcified. No pneumothorax or pleural effusion.")
@@ -138,7 +138,7 @@ def test_repair_adds_the_missed_finding_in_the_findings_own_words():
 
 
 def test_repair_removes_a_finding_carried_over_from_a_prior_case():
-    from radgpt.evaluate.faithfulness import repair
+    from radgpt.findings.faithfulness import repair
 
     findings = "Endotracheal tube 5 cm above carina. Bibasilar atelectasis."
     copied = "1. Interval improvement in aeration of left lung. 2. Small left pleural effusion."
@@ -149,7 +149,7 @@ def test_repair_removes_a_finding_carried_over_from_a_prior_case():
 
 
 def test_repair_leaves_faithful_or_benign_cases_alone():
-    from radgpt.evaluate.faithfulness import repair
+    from radgpt.findings.faithfulness import repair
 
     assert repair("Lungs clear. Heart normal.", "No acute disease.") == ("No acute disease.", [])
     assert repair("Cardiomegaly. Lungs clear.", "Cardiomegaly.") == ("Cardiomegaly.", [])

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from radgpt.config import ConfigError, load_config
-from radgpt.errors import FatalError
-from radgpt.finetune import FinetuneConfig, build_model, finetune
+from radgpt.common.config import ConfigError, load_config
+from radgpt.common.errors import FatalError
+from radgpt.finetune.train import build_model, finetune
+from radgpt.runs.config import FinetuneConfig
 from tests.tiny_model import build_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
@@ -76,9 +77,9 @@ def test_adapter_reloads_to_identical_logits(tiny, tmp_path):
     finetune(cfg, log=lambda *a: None)
     ids = torch.tensor([[5, 17, 42, 99, 7, 3]])
     # the trained model, rebuilt from the run folder the way impress/serve do
-    from radgpt.models import load_run
+    from radgpt.runs.run import RunFolder
 
-    loaded = load_run(tmp_path / "run", merge=False)
+    loaded = RunFolder(tmp_path / "run").load(merge=False)
     reloaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny), tmp_path / "run").eval()
     with torch.no_grad():
         a = loaded.model(ids).logits
@@ -174,28 +175,28 @@ def test_merge_gives_a_plain_model_with_the_same_logits(tiny, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from radgpt.cli import main
-    from radgpt.models import load_run
+    from radgpt.runs.run import RunFolder
 
     finetune(_cfg(tiny, tmp_path / "run", "train.max_steps=2", "data.validate="), log=lambda *a: None)
     assert main(["merge", str(tmp_path / "run"), "--out", str(tmp_path / "merged")]) == 0
     ids = torch.tensor([[5, 17, 42, 99]])
     with torch.no_grad():
-        adapter = load_run(tmp_path / "run", merge=False).model(ids).logits
+        adapter = RunFolder(tmp_path / "run").load(merge=False).model(ids).logits
         plain = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()(ids).logits
-        as_run = load_run(tmp_path / "merged").model(ids).logits
+        as_run = RunFolder(tmp_path / "merged").load().model(ids).logits
     assert torch.allclose(adapter, plain, atol=1e-5) and torch.allclose(plain, as_run)
     assert (tmp_path / "merged/prompt_template.json").exists()
     assert main(["merge", str(tmp_path / "nope"), "--out", str(tmp_path / "m2")]) == 2
 
 
 def test_full_finetune_saves_a_whole_model_that_reloads(tiny, tmp_path):
-    from radgpt.models import load_run
+    from radgpt.runs.run import RunFolder
 
     m = finetune(_cfg(tiny, tmp_path / "run", "lora.method=full", "train.max_steps=2", "data.validate="),
                  log=lambda *a: None)
-    assert m["trainable_params"] == sum(p.numel() for p in load_run(tmp_path / "run").model.parameters())
+    assert m["trainable_params"] == sum(p.numel() for p in RunFolder(tmp_path / "run").load().model.parameters())
     assert (tmp_path / "run/model.safetensors").exists() and not (tmp_path / "run/adapter_config.json").exists()
-    loaded = load_run(tmp_path / "run")
+    loaded = RunFolder(tmp_path / "run").load()
     assert loaded.adapter is None and loaded.template.name == "alpaca"
 
 

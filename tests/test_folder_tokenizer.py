@@ -3,7 +3,7 @@ the same ids, tokens and text — the prompt a CTranslate2/llama.cpp model sees 
 
 import json
 
-from radgpt.backends import FolderTokenizer, folder_tokenizer
+from radgpt.impress.backends.tokenizer import FolderTokenizer, folder_tokenizer
 from tests.conftest import REPO
 
 MODEL = REPO / "models/radgpt-smollm2-135m"

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from radgpt.backends import Backend, Generation
-from radgpt.baselines import NORMAL_SENTENCE, last_sentence, load_baseline
 from radgpt.cli import main
-from radgpt.generate import PRESETS, Decoding
-from radgpt.impress import STOP_STRINGS, LMModel, Record, load_model, read_inputs
-from radgpt.prompts import PromptTemplate
+from radgpt.impress.backends.base import Backend, Generation
+from radgpt.impress.baselines import NORMAL_SENTENCE, last_sentence, load_baseline
+from radgpt.impress.inputs import Record, read_inputs
+from radgpt.impress.load import load_model
+from radgpt.impress.model import STOP_STRINGS, LMModel
+from radgpt.runs.decoding import PRESETS, Decoding
+from radgpt.runs.prompts import PromptTemplate
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = REPO / "data/openi/clin-summ/train.jsonl"
@@ -26,8 +28,9 @@ FINDINGS = "The heart is normal in size. The lungs are clear. No pleural effusio
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A 2-layer Llama fine-tuned for one step with 2 retrieved examples per prompt: a real run folder."""
-    from radgpt.config import load_config
-    from radgpt.finetune import FinetuneConfig, finetune
+    from radgpt.common.config import load_config
+    from radgpt.finetune.train import finetune
+    from radgpt.runs.config import FinetuneConfig
     from tests.tiny_model import build_tiny_model
 
     root = tmp_path_factory.mktemp("impress")
@@ -44,7 +47,7 @@ def tiny_run(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_export(tiny_run, tmp_path_factory) -> Path:
-    from radgpt.export import export_run
+    from radgpt.export.engines import export_run
 
     return export_run(tiny_run, tmp_path_factory.mktemp("export") / "ct2", log=lambda *a: None)
 
@@ -80,14 +83,14 @@ def test_txt_and_csv_inputs(tmp_path):
     assert [(r.id, r.findings) for r in got if isinstance(r, Record)] == [("1", "Heart normal, lungs clear."),
                                                                           ("3", "Multi\nline")]
     assert [b.message for b in got if not isinstance(b, Record)] == ["empty findings"]
-    from radgpt.errors import FatalError
+    from radgpt.common.errors import FatalError
 
     with pytest.raises(FatalError, match="no column 'report'"):
         _collect(tmp_path, "r2.csv", csv, column="report")
 
 
 def test_arguments_and_missing_file():
-    from radgpt.errors import FatalError
+    from radgpt.common.errors import FatalError
 
     got = list(read_inputs(["Heart normal.", "  "], "auto", None, None, None))
     assert isinstance(got[0], Record) and got[0].findings == "Heart normal." and got[1].message == "empty findings"
@@ -287,8 +290,8 @@ def few_cases(tmp_path) -> Path:
 
 
 def test_base_model_zero_shot_is_the_papers_instruction_in_its_chat_template(tiny_chat_base, few_cases):
-    from radgpt.impress import BaseLMModel
-    from radgpt.reports.tasks import PAPER_INSTRUCTION
+    from radgpt.impress.model import BaseLMModel
+    from radgpt.prepare.tasks import PAPER_INSTRUCTION
 
     model = load_model(str(tiny_chat_base), backend="transformers", cases=str(few_cases))
     assert isinstance(model, BaseLMModel) and model.shots == 0 and model.repair
@@ -306,7 +309,7 @@ def test_base_model_zero_shot_is_the_papers_instruction_in_its_chat_template(tin
 
 
 def test_base_model_k_shot_puts_k_retrieved_cases_in_the_prompt(tiny_chat_base, few_cases):
-    from radgpt.prompts import clean_placeholders
+    from radgpt.runs.prompts import clean_placeholders
 
     model = load_model(str(tiny_chat_base), backend="transformers", cases=str(few_cases), shots=3)
     prompts, hits, shot_ids = model.prepare([FINDINGS], similar=5)
@@ -323,7 +326,7 @@ def test_base_model_k_shot_puts_k_retrieved_cases_in_the_prompt(tiny_chat_base, 
 
 
 def test_base_model_folder_without_chat_template_uses_alpaca(tmp_path, few_cases):
-    from radgpt.reports.tasks import PAPER_INSTRUCTION
+    from radgpt.prepare.tasks import PAPER_INSTRUCTION
     from tests.tiny_model import build_tiny_model
 
     folder = build_tiny_model(tmp_path / "plain")
@@ -337,8 +340,8 @@ def test_base_model_folder_without_chat_template_uses_alpaca(tmp_path, few_cases
 def test_packaged_and_gguf_specs_load_as_base_models(tiny_chat_base, few_cases, monkeypatch, tmp_path):
     """`packaged:NAME` and a .gguf path go through resolve_base's GGUF → HF conversion (stubbed here with the
     tiny folder; tests/test_default_model.py and the slow test below load the real packaged weights)."""
-    from radgpt import models
-    from radgpt.errors import FatalError
+    from radgpt.common.errors import FatalError
+    from radgpt.runs import base_models as models
 
     seen = []
     monkeypatch.setattr(models, "_gguf_to_hf_folder", lambda g: seen.append(Path(g)) or tiny_chat_base)
@@ -379,7 +382,7 @@ def test_cli_base_model_zero_and_k_shot_with_provenance_on_ct2(tiny_chat_base, f
 
 @pytest.mark.slow
 def test_packaged_smollm2_instruct_as_model_is_accepted():
-    from radgpt.reports.tasks import PAPER_INSTRUCTION
+    from radgpt.prepare.tasks import PAPER_INSTRUCTION
 
     model = load_model("packaged:smollm2-135m-instruct", backend="transformers", cases=str(TRAIN))
     prompt = model.prepare([FINDINGS])[0][0]

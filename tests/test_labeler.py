@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-
 import pytest
 
-from radgpt.evaluate.labeler import (CHESTXRAY14, CHEXPERT, NEGATIVE, NOT_MENTIONED, POSITIVE, UNCERTAIN, binary,
-                                     is_normal, label, mentions)
+from radgpt.findings.labeler import (
+    CHESTXRAY14,
+    CHEXPERT,
+    NEGATIVE,
+    NOT_MENTIONED,
+    POSITIVE,
+    UNCERTAIN,
+    binary,
+    is_normal,
+    label,
+    mentions,
+)
 
 
 def test_negation():
@@ -111,7 +120,7 @@ def test_findings_neither_scheme_labels_still_make_a_report_abnormal():
 def test_negbio_agreement(shared_openi):
     """The figure in docs/evaluate.md: macro-F1 >= 0.85 over labels with >= 20 positives, also on the half
     the rules were not developed on."""
-    from radgpt.evaluate.negbio import agreement, frequent_labels, load_openi
+    from radgpt.findings.negbio import agreement, frequent_labels, load_openi
 
     rows = load_openi(shared_openi)
     labels = frequent_labels(rows)

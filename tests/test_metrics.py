@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from radgpt.errors import FatalError
+from radgpt.common.errors import FatalError
 from radgpt.evaluate import metrics
 
 REF = "the cat sat on the mat"
@@ -17,7 +17,7 @@ HYP = "the cat sat on a mat"
 
 
 def test_importing_the_registry_loads_nothing_heavy():
-    code = ("import sys, radgpt.evaluate, radgpt.evaluate.metrics, radgpt.evaluate.labeler; "
+    code = ("import sys, radgpt.evaluate, radgpt.evaluate.metrics, radgpt.findings.labeler; "
             "heavy = [m for m in ('torch', 'transformers', 'rouge_score', 'sacrebleu', 'matplotlib') if m in sys.modules]; "
             "print(heavy); sys.exit(bool(heavy))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)

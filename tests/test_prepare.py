@@ -4,12 +4,11 @@ import json
 import os
 from pathlib import Path
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from radgpt.cli import main
-from radgpt.reports.splits import SPLITS, hash_split
+from radgpt.prepare.splits import SPLITS, hash_split
 from tests.report_fixtures import iu_rows, mimic_report, write_mimic_tree, write_openi_folder
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from radgpt.cli import main
-from radgpt.reports.sections import parse_report
-from radgpt.reports.splits import SPLITS
+from radgpt.prepare.sections import parse_report
+from radgpt.prepare.splits import SPLITS
 from tests.messy_exports import variant_names, write_export
 
 
@@ -231,7 +231,7 @@ def test_line_breaks_written_as_something_else(text):
     ("StudyID\tPatient No\tNarrative", {"id": "StudyID", "patient_id": "Patient No", "text": "Narrative"}),
 ])
 def test_export_column_names_are_detected(tmp_path, header, found):
-    from radgpt.reports.sources import ReadOptions, table_columns
+    from radgpt.prepare.sources import ReadOptions, table_columns
 
     f = tmp_path / "x.csv"
     f.write_text(header + "\n")
@@ -275,7 +275,7 @@ def test_report_text_with_an_impression_column_beside_it(tmp_path):
 def test_prepare_help_lists_every_columns_key_with_its_meaning(capsys):
     import dataclasses
 
-    from radgpt.reports.sources import ColumnMap
+    from radgpt.prepare.sources import ColumnMap
 
     with pytest.raises(SystemExit):
         main(["prepare", "--help"])

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from radgpt.retrieval import Case, CaseIndex, _TfidfQuery
+from radgpt.runs.retrieval import Case, CaseIndex, _TfidfQuery
 from tests.conftest import REPO
 
 VALIDATE = REPO / "data/openi/clin-summ/validate.jsonl"
@@ -48,7 +48,7 @@ def test_cached_index_gives_the_same_neighbours_and_needs_no_sklearn(tmp_path):
                                                                           for h in again]
     assert list((tmp_path / "cache" / "retrieval").glob("tfidf-*.npz"))
     # a new process loading the cached index does not import scikit-learn
-    code = ("import json, sys; from radgpt.retrieval import Case, CaseIndex; "
+    code = ("import json, sys; from radgpt.runs.retrieval import Case, CaseIndex; "
             f"rows=[json.loads(x) for x in open({str(TRAIN)!r})]; "
             "idx=CaseIndex([Case(str(r['idx']), r['inputs'], r['target']) for r in rows], 'consistent'); "
             "idx.search('Small left pleural effusion.', 3); print('sklearn' in sys.modules)")

@@ -5,8 +5,8 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from radgpt.reports.records import normalize_text
-from radgpt.reports.sections import canonical_header, parse_report
+from radgpt.prepare.records import normalize_text
+from radgpt.prepare.sections import canonical_header, parse_report
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "shared/data/mimic-cxr/example_report.txt"
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from radgpt.backends import Generation
-from radgpt.baselines import load_baseline
 from radgpt.cli import main
-from radgpt.impress import ImpressionModel
+from radgpt.impress.backends.base import Generation
+from radgpt.impress.baselines import load_baseline
+from radgpt.impress.model import ImpressionModel
 from radgpt.serve.app import Settings, create_app
 from tests import test_impress
 
@@ -304,7 +304,7 @@ def test_tiny_model_end_to_end_and_impress_through_the_endpoint(tiny_export, tmp
 
     import uvicorn
 
-    from radgpt.impress import load_model
+    from radgpt.impress.load import load_model
 
     direct = load_model(str(tiny_export))
     app = create_app({"tiny": direct}, Settings())
@@ -330,7 +330,7 @@ def test_tiny_model_end_to_end_and_impress_through_the_endpoint(tiny_export, tmp
                    "--max-new-tokens", "6", "--out", str(out)])
         assert rc == 0, capsys.readouterr().err
         via_endpoint = json.loads(out.read_text())
-        from radgpt.generate import Decoding
+        from radgpt.runs.decoding import Decoding
 
         mine = direct.impress([FINDINGS], Decoding(max_new_tokens=6))[0]
         # the endpoint got the same prompt (same template, same shots) and completed it raw

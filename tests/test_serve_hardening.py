@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from radgpt.generate import Decoding
+from radgpt.runs.decoding import Decoding
 from radgpt.serve.batcher import Batcher, Job
 from tests.test_serve import FINDINGS, EchoModel, client_for, wait_ready
 

@@ -13,9 +13,11 @@ import pytest
 import yaml
 
 from radgpt.cli import main
-from radgpt.errors import FatalError
-from radgpt.export import SHARE_MANIFEST, export_run, pseudonym, share_run
-from radgpt.impress import load_model
+from radgpt.common.errors import FatalError
+from radgpt.export.engines import export_run
+from radgpt.export.share import pseudonym, share_run
+from radgpt.impress.load import load_model
+from radgpt.runs.folders import SHARE_MANIFEST
 from tests import test_impress
 
 tiny_run = test_impress.tiny_run  # the session fixture, shared
@@ -37,7 +39,7 @@ SECRET_PATHS = ("/srv/st-elsewhere", "/home/dr-x")
 
 def fake_run(root: Path, k: int = 2, readme: bool = True) -> Path:
     """A run folder with tiny stand-in files: enough for export --format adapter and impress's checks."""
-    from radgpt.prompts import PromptTemplate
+    from radgpt.runs.prompts import PromptTemplate
 
     run = root / "run"
     (run / "checkpoints" / "step-000001").mkdir(parents=True)
@@ -116,11 +118,11 @@ def test_impress_on_a_folder_shared_without_cases_asks_for_cases(tmp_path, capsy
         load_model(str(out))
     # a run folder (not shared) that lost its cases still finds the file it was trained on (unchanged)
     (run / "retrieval_cases.jsonl").unlink()
-    from radgpt.impress import _index_for
+    from radgpt.runs.run import RunFolder
 
-    index = _index_for(run, yaml.safe_load((run / "config.yaml").read_text()), None)
+    index = RunFolder(run).case_index()
     assert index is not None and len(index.cases) == len(CASES)
-    assert _index_for(out, cfg, None) is None
+    assert RunFolder(out).case_index() is None
 
 
 def test_pseudonymized_ids_are_keyed_stable_and_mapped_outside_the_folder(tmp_path, monkeypatch):
@@ -197,7 +199,7 @@ def test_the_shipped_model_card_lists_every_file_of_its_folder():
 
 
 def test_shared_tiny_run_impresses_with_the_users_cases(tiny_run, tmp_path):
-    from radgpt.generate import Decoding
+    from radgpt.runs.decoding import Decoding
 
     out = share_run(tiny_run, tmp_path / "share", "omit", log=lambda *a: None)
     # tiny_run's config names the repo's OpenI train file: a shared folder must not fall back to it

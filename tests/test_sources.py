@@ -4,11 +4,17 @@ from pathlib import Path
 
 import pytest
 
-from radgpt.errors import FatalError
-from radgpt.reports.records import Problem, Record, normalize_text
-from radgpt.reports.sources import ColumnMap, ReadOptions, detect_source, read_source
-from tests.report_fixtures import (iu_rows, mimic_report, write_mimic_tree, write_mimic_zip,
-                                   write_openi_folder, write_openi_tgz)
+from radgpt.common.errors import FatalError
+from radgpt.prepare.records import Problem, Record, normalize_text
+from radgpt.prepare.sources import ColumnMap, ReadOptions, detect_source, read_source
+from tests.report_fixtures import (
+    iu_rows,
+    mimic_report,
+    write_mimic_tree,
+    write_mimic_zip,
+    write_openi_folder,
+    write_openi_tgz,
+)
 
 OPTS = ReadOptions()
 

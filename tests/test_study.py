@@ -22,11 +22,11 @@ from sqlalchemy import func, select, update
 from sqlalchemy import text as sql
 
 from radgpt.cli import main
-from radgpt.errors import FatalError
+from radgpt.common.errors import FatalError
 from radgpt.study import auth, throttle
 from radgpt.study.app import create_app
 from radgpt.study.create import Fields, assign_reader, blinding_codes, create_study, reader_plan, select_cases
-from radgpt.study.models import (
+from radgpt.study.db import (
     Assignment,
     AuthSession,
     Candidate,
@@ -385,7 +385,7 @@ def test_cli_help_lists_the_commands(capsys):
 
 
 def test_csv_export_neutralises_formulas():
-    from radgpt.study.export import COLUMNS, to_csv
+    from radgpt.study.tables import COLUMNS, to_csv
 
     row = {c: None for c in COLUMNS} | {"reader": "alice", "comment": "=HYPERLINK(\"http://x\")"}
     assert "'=HYPERLINK" in to_csv([row])
@@ -876,7 +876,7 @@ def test_an_older_study_database_is_upgraded_on_open(tmp_path, new_db, capsys):
 
 
 def test_database_urls_that_cannot_be_opened_are_one_line_errors(capsys):
-    from radgpt.study.models import database_url
+    from radgpt.study.db import database_url
 
     assert database_url("postgresql://u@h/db") == database_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
     cases = [("postgresql+psycopg://radgpt:hunter22@127.0.0.1:1/x", "cannot open the study database"),

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import Select, func, select, update
 
 from radgpt.study import auth
-from radgpt.study.models import AuthSession, Rating, open_db
+from radgpt.study.db import AuthSession, Rating, open_db
 from radgpt.study.synthetic import free_port, start_server, write_files
 
 # fixtures `backend` and `new_db`: the test runs on SQLite and on PostgreSQL

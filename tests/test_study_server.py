@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 
 from radgpt.study import auth
 from radgpt.study.criteria import NAMES
-from radgpt.study.models import Rating, Slot, open_db
+from radgpt.study.db import Rating, Slot, open_db
 from radgpt.study.synthetic import free_port, make_study, start_server
 
 # fixtures `backend` and `new_db`: each storage test runs on SQLite and on PostgreSQL

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from radgpt.evaluate.palette import colors_for
+from radgpt.common.palette import colors_for
 from radgpt.study import analyze
 from radgpt.study.analyze import (
     agreement,

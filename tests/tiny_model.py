@@ -11,7 +11,7 @@ CHAT_TOKENS = ["<unk>", "<|im_start|>", "<|im_end|>"]
 def corpus_lines() -> list[str]:
     repo = Path(__file__).resolve().parents[1]
     rows = [json.loads(x) for x in (repo / "data/openi/clin-summ/train.jsonl").read_text().splitlines()[:400]]
-    from radgpt.prompts import PromptTemplate
+    from radgpt.runs.prompts import PromptTemplate
 
     header = PromptTemplate.load("alpaca").render("Derive the impression from findings in the radiology report", "x")
     return [header] + [r["inputs"] for r in rows] + [r["target"] for r in rows]

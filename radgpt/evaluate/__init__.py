@@ -1,8 +1,9 @@
-"""Evaluation: metrics registry, the built-in finding labeler, model comparison and the report.
+"""Evaluation: metrics registry, model comparison and the report (the finding labeler
+is radgpt.findings).
 
 Importing this package loads nothing heavy: metrics import their libraries (rouge_score, sacrebleu,
 torch/transformers for the embedding similarity) only when they are computed. The server uses
 
-    from radgpt.evaluate.labeler import label
-    from radgpt.evaluate.faithfulness import consistency_flags, is_abnormal
+    from radgpt.findings.labeler import label
+    from radgpt.findings.faithfulness import consistency_flags, is_abnormal
 """

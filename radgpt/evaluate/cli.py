@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from radgpt.errors import FatalError
+from radgpt.common.errors import FatalError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

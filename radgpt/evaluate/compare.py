@@ -25,9 +25,10 @@ from itertools import combinations
 
 import numpy as np
 
-from radgpt.evaluate import labeler, metrics, stats
-from radgpt.evaluate.faithfulness import FLAG_TYPES, consistency_flags, faithfulness, is_abnormal, stated
+from radgpt.evaluate import metrics, stats
 from radgpt.evaluate.io import Reference
+from radgpt.findings import labeler
+from radgpt.findings.faithfulness import FLAG_TYPES, consistency_flags, faithfulness, is_abnormal, stated
 
 # Shown in subgroup tables and tested between every pair of models (when computed); every metric gets a CI.
 KEY_METRICS = ("rougeL", "bleu", "bertscore_minilm", "clinical_f1_pos_micro")

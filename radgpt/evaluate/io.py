@@ -26,8 +26,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from radgpt.errors import FatalError
-from radgpt.jsonl import read_json_objects
+from radgpt.common.errors import FatalError
+from radgpt.common.inputs import read_json_objects
 
 ID_FIELDS = ("id", "idx", "uid", "study_id")
 REF_FIELDS = ("impression", "target", "reference")

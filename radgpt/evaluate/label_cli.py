@@ -36,7 +36,7 @@ import re
 import sys
 from pathlib import Path
 
-from radgpt.errors import FatalError
+from radgpt.common.errors import FatalError
 from radgpt.evaluate.io import text_field
 
 _CSV_VALUE = {"positive": "1", "negative": "0", "uncertain": "-1", "not_mentioned": ""}
@@ -170,8 +170,8 @@ def _join(parts: list[str]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from radgpt.evaluate.labeler import SCHEMES, label
-    from radgpt.reports.sections import parse_report
+    from radgpt.findings.labeler import SCHEMES, label
+    from radgpt.prepare.sections import parse_report
 
     name, records, one_per_line = _records(args.input)
     if not records:

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from radgpt.errors import FatalError
+from radgpt.common.errors import FatalError
 
 
 class OptionalMetricMissing(Exception):
@@ -155,7 +155,7 @@ def macro_labels(stats: np.ndarray, n_labels: int, min_positives: int = MIN_LABE
 def clinical_stats(ref_labels: list[dict], hyp_labels: list[dict], status: bool) -> np.ndarray:
     """(n, 14×3) tp/fp/fn per CheXpert label. status=False: positive mentions only; True: the status
     (positive/negative/uncertain) of every mentioned label must agree."""
-    from radgpt.evaluate.labeler import CHEXPERT, NOT_MENTIONED, POSITIVE
+    from radgpt.findings.labeler import CHEXPERT, NOT_MENTIONED, POSITIVE
 
     out = np.zeros((len(ref_labels), len(CHEXPERT), 3), dtype=np.int64)
     for i, (r, h) in enumerate(zip(ref_labels, hyp_labels)):
@@ -171,7 +171,7 @@ def clinical_stats(ref_labels: list[dict], hyp_labels: list[dict], status: bool)
 
 
 def _clinical(refs: list[str], hyps: list[str], min_positives: int = MIN_LABEL_POSITIVES) -> dict[str, MetricResult]:
-    from radgpt.evaluate.labeler import CHEXPERT, label
+    from radgpt.findings.labeler import CHEXPERT, label
 
     ref_labels, hyp_labels = [label(t) for t in refs], [label(t) for t in hyps]
     out = {}

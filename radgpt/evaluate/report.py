@@ -284,7 +284,7 @@ def plots(result: dict) -> dict[str, str]:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from radgpt.evaluate.palette import colors_for
+    from radgpt.common.palette import colors_for
 
     models = list(result["models"])
     colour = colors_for(models)  # a model's colour is the same in every radgpt plot (the study's analysis too)
@@ -354,7 +354,7 @@ img{max-width:100%}"""
 
 
 def to_html(result: dict, images: dict[str, str]) -> str:
-    from radgpt.evaluate.palette import colors_for
+    from radgpt.common.palette import colors_for
 
     e = html.escape
     colour = colors_for(list(result["models"]))

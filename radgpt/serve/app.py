@@ -39,10 +39,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from radgpt.errors import FatalError
-from radgpt.generate import PRESETS, Decoding
-from radgpt.impress import STOP_STRINGS, finish, sha256_text
-from radgpt.net import SameOrigin, SecurityHeaders, declares_json
+from radgpt.common.errors import FatalError
+from radgpt.common.hashing import sha256_text
+from radgpt.common.net import SameOrigin, SecurityHeaders, declares_json
+from radgpt.impress.model import STOP_STRINGS, finish
+from radgpt.runs.decoding import PRESETS, Decoding
 from radgpt.serve.batcher import Batcher, Job, QueueFull, WorkerError
 
 HERE = Path(__file__).parent
@@ -101,7 +102,7 @@ class ChatBody(_Body):
 class ImpressionBody(_Body):
     findings: str
     similar: int = Field(3, ge=0, le=20)
-    # radgpt: the faithfulness repair (radgpt.impress.finish); false = the model's text as generated
+    # radgpt: the faithfulness repair (radgpt.impress.model.finish); false = the model's text as generated
     repair: bool = True
 
 

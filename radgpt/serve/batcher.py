@@ -25,7 +25,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field, replace
 
-from radgpt.generate import Decoding
+from radgpt.runs.decoding import Decoding
 
 
 class QueueFull(Exception):

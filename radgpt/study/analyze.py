@@ -6,7 +6,7 @@ models, blocks = cases rated for every model); between pairs: Wilcoxon signed-ra
 Holm-corrected within each criterion. Agreement: Krippendorff's alpha, ordinal, units = (case, model),
 one row per reader. Confidence intervals of the mean scores: 95 %, bootstrap over cases (the same unit),
 percentile, so they stay within the 1–5 scale (and are clipped to it besides). Per reader: the same means
-for each reader, and the time each took per case. Model colours: `radgpt.evaluate.palette`, as in
+for each reader, and the time each took per case. Model colours: `radgpt.common.palette`, as in
 `radgpt evaluate`'s report.
 """
 
@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from radgpt.evaluate.palette import colors_for
+from radgpt.common.palette import colors_for
 from radgpt.study.criteria import CRITERIA, NAMES, PREFERENCES, SCALE
 
 CI_LEVEL = 0.95
@@ -258,12 +258,12 @@ def _html_table(df: pd.DataFrame) -> str:
 def write_report(rows: list[dict], out: Path, title: str = "Reader study") -> dict[str, Path]:
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-    from radgpt.study.export import to_csv
+    from radgpt.study.tables import to_csv
 
     out.mkdir(parents=True, exist_ok=True)
     long = long_scores(rows)
     if long.empty:
-        from radgpt.errors import FatalError
+        from radgpt.common.errors import FatalError
 
         raise FatalError("no ratings yet: nothing to analyse")
     summary = describe(long)
@@ -304,8 +304,8 @@ def write_report(rows: list[dict], out: Path, title: str = "Reader study") -> di
 def analyze_db(db: str, out: Path, blinded: bool = False) -> dict[str, Path]:
     from sqlalchemy import select
 
-    from radgpt.study.export import rating_rows
-    from radgpt.study.models import Study, open_db
+    from radgpt.study.db import Study, open_db
+    from radgpt.study.tables import rating_rows
 
     engine, Session = open_db(db)
     with Session() as s:

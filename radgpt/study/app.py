@@ -36,13 +36,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from radgpt.errors import FatalError
-from radgpt.net import SameOrigin, SecurityHeaders, declares_json
+from radgpt.common.errors import FatalError
+from radgpt.common.net import SameOrigin, SecurityHeaders, declares_json
 from radgpt.study import auth, throttle
 from radgpt.study.create import Fields, assign_all_readers, create_study
 from radgpt.study.criteria import CRITERIA, NAMES, PREFERENCES, SCALE
-from radgpt.study.export import rating_rows, to_csv
-from radgpt.study.models import (
+from radgpt.study.db import (
     Assignment,
     Candidate,
     Case,
@@ -54,6 +53,7 @@ from radgpt.study.models import (
     open_db,
     utcnow,
 )
+from radgpt.study.tables import rating_rows, to_csv
 
 HERE = Path(__file__).parent
 COOKIE = "radgpt_study"

@@ -12,10 +12,10 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
-from radgpt.errors import FatalError
+from radgpt.common.errors import FatalError
 from radgpt.study import throttle
 from radgpt.study.create import assign_reader
-from radgpt.study.models import AuthSession, User
+from radgpt.study.db import AuthSession, User
 
 _hasher = PasswordHasher()  # argon2id, the library's current defaults
 # Verifying against this when the user does not exist keeps login time the same for unknown names.

@@ -17,8 +17,8 @@ import os
 import sys
 from pathlib import Path
 
-from radgpt.errors import FatalError
-from radgpt.net import is_loopback
+from radgpt.common.errors import FatalError
+from radgpt.common.net import is_loopback
 
 ADMIN_PASSWORD_ENV = "RADGPT_STUDY_ADMIN_PASSWORD"
 LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
@@ -132,7 +132,7 @@ def _create(args) -> int:
 
     from radgpt.study import auth
     from radgpt.study.create import Fields, create_study
-    from radgpt.study.models import User, open_db
+    from radgpt.study.db import User, open_db
 
     preds = []
     for spec in args.predictions:
@@ -166,7 +166,7 @@ def _create(args) -> int:
 
 def _add_user(args) -> int:
     from radgpt.study import auth
-    from radgpt.study.models import open_db
+    from radgpt.study.db import open_db
 
     engine, Session = open_db(args.db, create=True)
     given = _read_secret(args.password_file)
@@ -179,7 +179,7 @@ def _add_user(args) -> int:
 
 def _reset_password(args) -> int:
     from radgpt.study import auth
-    from radgpt.study.models import open_db
+    from radgpt.study.db import open_db
 
     engine, Session = open_db(_existing_db(args.db), create=True)
     given = _read_secret(args.password_file)
@@ -193,7 +193,7 @@ def _reset_password(args) -> int:
 
 def _unlock(args) -> int:
     from radgpt.study import throttle
-    from radgpt.study.models import open_db
+    from radgpt.study.db import open_db
 
     engine, Session = open_db(_existing_db(args.db), create=True)
     with Session.begin() as s:
@@ -207,9 +207,9 @@ def _serve(args) -> int:
     import uvicorn
     from sqlalchemy import select
 
-    from radgpt.net import slow_client_guard
+    from radgpt.common.net import slow_client_guard
     from radgpt.study.app import create_app
-    from radgpt.study.models import Study, User, open_db
+    from radgpt.study.db import Study, User, open_db
 
     loopback = is_loopback(args.host)
     if not loopback and not args.allow_remote:
@@ -240,7 +240,7 @@ def _analyze(args) -> int:
     from sqlalchemy import select
 
     from radgpt.study.analyze import analyze_db
-    from radgpt.study.models import Study, open_db
+    from radgpt.study.db import Study, open_db
 
     db = _existing_db(args.db)
     files = analyze_db(db, args.out, blinded=args.blinded)

@@ -22,9 +22,9 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
-from radgpt.errors import FatalError
-from radgpt.jsonl import json_objects
-from radgpt.study.models import Assignment, Candidate, Case, Slot, Study, System, User
+from radgpt.common.errors import FatalError
+from radgpt.common.inputs import json_objects
+from radgpt.study.db import Assignment, Candidate, Case, Slot, Study, System, User
 
 REFERENCE_NAME = "reference"
 INDICATION_FIELDS = ("indication", "history", "clinical_history")
@@ -86,8 +86,8 @@ def storable(name: str, n: int, field: str, value) -> str:
 
 def guess_stratum(impression: str) -> str:
     """"abnormal" when the reference impression states a finding — the one definition radgpt uses everywhere
-    (radgpt.evaluate.faithfulness.is_abnormal); `Fields.stratum` overrides the guess."""
-    from radgpt.evaluate.faithfulness import is_abnormal
+    (radgpt.findings.faithfulness.is_abnormal); `Fields.stratum` overrides the guess."""
+    from radgpt.findings.faithfulness import is_abnormal
 
     return "abnormal" if is_abnormal(impression) else "normal"
 

@@ -18,7 +18,7 @@ import httpx
 
 from radgpt.study import auth
 from radgpt.study.create import create_study
-from radgpt.study.models import open_db
+from radgpt.study.db import open_db
 
 _NORMAL_FINDINGS = [
     "Heart size is normal. The lungs are clear. No pleural effusion or pneumothorax.",

@@ -12,7 +12,7 @@ import math
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
-from radgpt.study.models import LoginThrottle
+from radgpt.study.db import LoginThrottle
 
 USER_FREE, USER_LOCK = 3, 10  # failures before the back-off starts (1 s, 2 s, 4 s … 64 s); failures that lock
 ADDR_FREE, ADDR_MAX_WAIT = 20, 60.0  # an address is often shared (loopback, a proxy): never locked, capped

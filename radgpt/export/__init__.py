@@ -1,0 +1,1 @@
+"""`radgpt export` / `radgpt merge`: a run folder → CTranslate2, GGUF, merged weights, or a shareable adapter."""

@@ -1,0 +1,1 @@
+"""`radgpt finetune`: LoRA/QLoRA instruction tuning (data → training loop → validation → run folder)."""

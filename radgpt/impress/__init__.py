@@ -1,0 +1,1 @@
+"""`radgpt impress`: findings → impressions, with the engines (backends/) that generate them."""

@@ -1,0 +1,1 @@
+"""`radgpt prepare`: report files → records (sources, sections) → patient-level splits → instruction data."""

@@ -1,1 +1,0 @@
-"""reports → records: corpus readers, the section parser, patient-level splits, instruction tasks."""
