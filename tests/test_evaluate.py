@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from radgpt.cli import main
+from radgpt.common.stats import holm
 from radgpt.evaluate import stats
 from radgpt.evaluate.metrics import MetricResult, compute_results
 
@@ -72,9 +73,9 @@ def test_corpus_metrics_resample_their_statistics():
 
 
 def test_holm():
-    assert stats.holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
-    assert stats.holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
-    assert stats.holm([]) == []
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    assert holm([]) == []
 
 
 # ---------------------------------------------------------------- the CLI

@@ -11,9 +11,6 @@ from radgpt.cli import main
 from radgpt.export.engines import cache_export_dir, export_run, find_export
 from radgpt.export.vllm import vllm_compat_problems
 from radgpt.runs.run import RunFolder
-from tests import test_impress
-
-tiny_run = test_impress.tiny_run  # the session fixture, shared
 
 
 def test_float32_export_scores_like_the_merged_transformers_model(tiny_run, tmp_path):

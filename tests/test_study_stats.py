@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from radgpt.common.palette import colors_for
+from radgpt.common.stats import holm
 from radgpt.study import analyze
 from radgpt.study.analyze import (
     agreement,
@@ -13,7 +14,6 @@ from radgpt.study.analyze import (
     case_bootstrap_ci,
     compare,
     describe,
-    holm,
     long_scores,
     preferences,
     reader_table,

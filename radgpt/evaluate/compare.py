@@ -25,6 +25,7 @@ from itertools import combinations
 
 import numpy as np
 
+from radgpt.common.stats import holm
 from radgpt.evaluate import metrics, stats
 from radgpt.evaluate.io import Reference
 from radgpt.findings import labeler
@@ -123,7 +124,7 @@ def compare(refs: list[Reference], predictions: dict[str, list[str]], metric_nam
             low, high = stats.paired_bootstrap_ci(results[a][m], results[b][m], counts)
             comparisons.append({"a": a, "b": b, "metric": m, "difference": diff, "ci_low": low, "ci_high": high,
                                 "p": p, "vs_reference": vs_reference})
-    for c, adj in zip(comparisons, stats.holm([c["p"] for c in comparisons])):
+    for c, adj in zip(comparisons, holm([c["p"] for c in comparisons])):
         c["p_holm"] = adj
         c["significant"] = adj < 0.05
 

@@ -74,15 +74,3 @@ def paired_permutation(a: MetricResult, b: MetricResult, n_perm: int = 1000, see
         diffs = (keep @ pa + swap @ pb - keep @ pb - swap @ pa) / n
     extreme = np.sum(np.abs(diffs) >= abs(observed) - 1e-12)
     return observed, float((extreme + 1) / (n_perm + 1))
-
-
-def holm(pvalues: list[float]) -> list[float]:
-    """Holm–Bonferroni adjusted p-values (monotone, capped at 1), in the input order."""
-    m = len(pvalues)
-    order = sorted(range(m), key=lambda i: pvalues[i])
-    adjusted = [0.0] * m
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * pvalues[i]))
-        adjusted[i] = running
-    return adjusted

@@ -91,7 +91,7 @@ class ImpressionModel:
         hits = self.retrieve(findings, max(self.shots, similar))
         prompts, shot_ids = [], []
         for f, h in zip(findings, hits):
-            shots = list(reversed(h[: self.shots]))  # most similar last, as in training (instruct_data)
+            shots = list(reversed(h[: self.shots]))  # most similar last, as in training (finetune.data)
             prompts.append(self.prompt(f, shots))
             shot_ids.append([c.id for c, _ in shots])
         return prompts, hits, shot_ids

@@ -1,4 +1,4 @@
-"""Prompt templates are data (radgpt/templates/*.json), saved into every run folder.
+"""Prompt templates are data (radgpt/runs/templates/*.json), saved into every run folder.
 
 A run folder keeps the exact template it was trained with (`prompt_template.json`), so `impress` and
 `serve` rebuild the same prompt byte for byte — the classic failure of instruction-tuned checkpoints

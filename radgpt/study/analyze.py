@@ -22,6 +22,7 @@ import pandas as pd
 from scipy import stats
 
 from radgpt.common.palette import colors_for
+from radgpt.common.stats import holm
 from radgpt.study.criteria import CRITERIA, NAMES, PREFERENCES, SCALE
 
 CI_LEVEL = 0.95
@@ -99,17 +100,6 @@ def reader_times(rows: list[dict]) -> pd.DataFrame:
         out.append({"reader": reader, "cases_timed": len(t), "median_s": float(t.median()),
                     "q1_s": float(t.quantile(0.25)), "q3_s": float(t.quantile(0.75)), "total_min": float(t.sum() / 60)})
     return pd.DataFrame(out, columns=cols)
-
-
-def holm(pvalues: list[float]) -> list[float]:
-    """Holm–Bonferroni step-down adjusted p-values (scipy has no Holm; statsmodels would be a dependency)."""
-    m = len(pvalues)
-    adjusted = [0.0] * m
-    running = 0.0
-    for rank, i in enumerate(np.argsort(pvalues)):
-        running = max(running, min(1.0, (m - rank) * pvalues[i]))
-        adjusted[i] = running
-    return adjusted
 
 
 def _case_matrix(long: pd.DataFrame, criterion: str) -> pd.DataFrame:
