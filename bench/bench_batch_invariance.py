@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import subprocess
 import sys
@@ -68,21 +67,13 @@ def bench_backend(backend: str, texts: list[str], sizes: list[int], model_path: 
 def bench_serve(texts: list[str], clients: int, port: int) -> list[dict]:
     import httpx
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    from radgpt.common.net import wait_until_healthy
+
     proc = subprocess.Popen([sys.executable, "-m", "radgpt", "serve", "--port", str(port), "--audit-log", ""],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if proc.poll() is not None:
-                raise SystemExit("radgpt serve exited during start-up")
-            time.sleep(0.5)
+        wait_until_healthy(url, timeout=300, proc=proc)
         client = httpx.Client(timeout=300)
 
         def one(text: str) -> str:
@@ -119,8 +110,9 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--port", type=int, default=8791)
     args = ap.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from radgpt.common.net import no_egress_env
+
+    no_egress_env()  # inherited by the serve subprocess too
     texts = findings(args.limit)
     sizes = [int(x) for x in args.batch_sizes.split(",") if x]
     rows = []

@@ -57,8 +57,8 @@ def main() -> int:
         if not (f_ok and i_ok):
             misses.append((row["uid"], row["findings"], parsed.findings, row["impression"], parsed.impression))
     n = len(rows)
-    print(f"| reports | findings exact | impression exact | both exact |")
-    print(f"|---:|---:|---:|---:|")
+    print("| reports | findings exact | impression exact | both exact |")
+    print("|---:|---:|---:|---:|")
     print(f"| {n} | {100*ok_f/n:.2f}% | {100*ok_i/n:.2f}% | {100*ok_both/n:.2f}% |")
     for uid, f_ref, f_got, i_ref, i_got in misses[: args.show]:
         print(f"\nuid {uid}\n  findings ref: {f_ref!r}\n  findings got: {f_got!r}\n"

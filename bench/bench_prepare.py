@@ -68,7 +68,7 @@ def make_report(rng: random.Random) -> bytes:
     if kind < 0.10:
         lines = [" " * 33 + "ADDENDUM", *_wrap("Findings were communicated to Dr. ___ by telephone at ___."),
                  " " + "_" * 78, *lines]
-    lines += [f" EXAMINATION:  CHEST (PA AND LAT)", " ",
+    lines += [" EXAMINATION:  CHEST (PA AND LAT)", " ",
               f" {rng.choice(INDICATION_HEADERS)}:  ___ year old with cough  // ?pna", " ",
               " TECHNIQUE:  Chest PA and lateral", " ", " COMPARISON:  ___", " "]
     if kind < 0.13:

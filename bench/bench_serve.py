@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,12 +25,8 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+sys.path.insert(0, str(REPO))  # run as a script from anywhere: radgpt from this checkout
+from radgpt.common.net import ServerDidNotStart, free_port, wait_until_healthy  # noqa: E402
 
 
 def start(model: str, extra: list[str], tmp: Path) -> tuple[subprocess.Popen, str]:
@@ -40,18 +35,11 @@ def start(model: str, extra: list[str], tmp: Path) -> tuple[subprocess.Popen, st
            "--audit-log", str(tmp / f"audit-{port}.jsonl"), *extra]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.3)
-    proc.kill()
-    raise SystemExit(f"server did not start: {proc.stderr.read().decode()[-2000:]}")
+    try:
+        wait_until_healthy(url, timeout=300, proc=proc, interval=0.3)
+    except ServerDidNotStart as e:
+        raise SystemExit(str(e)) from None
+    return proc, url
 
 
 def run_clients(target, clients: int) -> float:

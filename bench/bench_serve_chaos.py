@@ -169,29 +169,20 @@ def run_chaos(url: str, findings: list[str], requests: int, clients: int, seed: 
 
 def run_chaos_in_process(model, tmp: Path, requests: int, clients: int, seed: int, **settings) -> dict:
     """The chaos load against `model` behind create_app in a uvicorn thread (what the test suite runs)."""
-    import socket
-
     import uvicorn
 
-    from radgpt.common.net import slow_client_guard
-    from radgpt.serve.app import Settings, create_app
+    from radgpt.common.net import free_port, slow_client_guard, wait_until_healthy
+    from radgpt.serve.app import create_app
+    from radgpt.serve.config import ServeConfig
 
-    app = create_app({"m": model}, Settings(audit_log=str(tmp / "audit.jsonl"), timeout_s=10, **settings))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    app = create_app({"m": model}, ServeConfig(audit_log=str(tmp / "audit.jsonl"), timeout_s=10, **settings))
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="error",
                                            http=slow_client_guard(10.0)))
     t = threading.Thread(target=server.run, daemon=True)
     t.start()
     url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
+    wait_until_healthy(url, timeout=30, interval=0.05)
     findings = [json.loads(x)["inputs"] for x in (REPO / "data/openi/clin-summ/validate.jsonl").read_text().splitlines()[:60]]
     try:
         return run_chaos(url, findings, requests, clients, seed, tmp)

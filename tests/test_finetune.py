@@ -112,11 +112,11 @@ def test_resume_reproduces_the_uninterrupted_run(tiny, tmp_path):
 
 def test_every_shipped_config_parses_and_builds(tiny, tmp_path):
     configs = sorted((REPO / "configs").glob("*.yaml"))
-    ft = [c for c in configs if not c.name.startswith("prepare")]
+    for path in configs:  # every recipe opens with the command that runs it
+        assert path.read_text().splitlines()[0].startswith("# radgpt "), path
+    ft = [c for c in configs if c.read_text().startswith("# radgpt finetune")]
     assert len(ft) >= 6
     for path in ft:
-        first = path.read_text().splitlines()[0]
-        assert first.startswith(("# radgpt finetune", "# accelerate")), path
         cfg = load_config(FinetuneConfig, path, [f"model.base={tiny}", "model.quantization=", "lora.init_from="])
         # a tiny Llama has the same projection names as the 7B families
         model = build_model(cfg, "cpu")

@@ -14,7 +14,8 @@ import pytest
 from radgpt.cli import main
 from radgpt.impress.backends.base import Backend, Generation
 from radgpt.impress.baselines import NORMAL_SENTENCE, last_sentence, load_baseline
-from radgpt.impress.inputs import Record, read_inputs
+from radgpt.impress.inputs import FindingsInput as Record
+from radgpt.impress.inputs import read_inputs
 from radgpt.impress.load import load_model
 from radgpt.impress.model import STOP_STRINGS, LMModel
 from radgpt.runs.decoding import PRESETS, Decoding
@@ -25,31 +26,7 @@ TRAIN = REPO / "data/openi/clin-summ/train.jsonl"
 FINDINGS = "The heart is normal in size. The lungs are clear. No pleural effusion or pneumothorax."
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> Path:
-    """A 2-layer Llama fine-tuned for one step with 2 retrieved examples per prompt: a real run folder."""
-    from radgpt.common.config import load_config
-    from radgpt.finetune.train import finetune
-    from radgpt.runs.config import FinetuneConfig
-    from tests.tiny_model import build_tiny_model
-
-    root = tmp_path_factory.mktemp("impress")
-    tiny = build_tiny_model(root / "tiny")
-    val = root / "val.jsonl"
-    val.write_text("".join(TRAIN.read_text().splitlines(keepends=True)[500:504]))
-    cfg = load_config(FinetuneConfig, None, [
-        f"model.base={tiny}", f"out={root / 'run'}", f"data.train={TRAIN}", f"data.validate={val}",
-        "data.max_train_samples=40", "data.retrieval_k=2", "train.batch_size=8", "train.micro_batch_size=4",
-        "train.max_steps=1", "train.save_every=0", "eval.generate=false", "lora.r=4"])
-    finetune(cfg, log=lambda *a: None)
-    return root / "run"
-
-
-@pytest.fixture(scope="session")
-def tiny_export(tiny_run, tmp_path_factory) -> Path:
-    from radgpt.export.engines import export_run
-
-    return export_run(tiny_run, tmp_path_factory.mktemp("export") / "ct2", log=lambda *a: None)
+# tiny_run, tiny_export, tiny_base and beam_trap: session fixtures in tests/conftest.py
 
 
 # ---------------------------------------------------------------------------------------- input readers
@@ -221,11 +198,49 @@ def test_backends_on_the_tiny_run(kind, tiny_run, tiny_export):
     assert lim[0].completion_tokens <= 2 and lim[1].completion_tokens <= 5
 
 
-def test_paper_demo_preset_runs_beam_search(tiny_export):
-    model = load_model(str(tiny_export))
-    res = model.impress([FINDINGS], PRESETS["paper-demo"].__class__(**{**PRESETS["paper-demo"].to_dict(),
-                                                                        "max_new_tokens": 5}))
-    assert res[0].completion_tokens <= 5
+@pytest.mark.parametrize("backend", ["transformers", "ct2"])
+def test_beam_search_finds_the_likelier_impression_greedy_misses(beam_trap, backend, tmp_path, monkeypatch,
+                                                                  capsys):
+    """On a model where the likeliest first token leads nowhere (tests/tiny_model.py build_beam_trap_model),
+    greedy writes one impression and the paper-demo preset's beam search another, of higher probability
+    under the model; each output line's provenance says which decoding wrote it."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, greedy_ids, beam_ids = beam_trap
+    assert PRESETS["paper-demo"].num_beams > 1 and not PRESETS["paper-demo"].do_sample
+    monkeypatch.setenv("RADGPT_CACHE", str(tmp_path / "cache"))  # the CT2 copy of the model goes here
+    cases = tmp_path / "cases.jsonl"
+    cases.write_text("".join(TRAIN.read_text().splitlines(keepends=True)[:20]))
+    inp = tmp_path / "f.jsonl"
+    inp.write_text(json.dumps({"id": "a", "findings": FINDINGS}) + "\n")
+    got = {}
+    for preset in ("greedy", "paper-demo"):
+        out = tmp_path / f"{preset}.jsonl"
+        rc = main(["impress", str(inp), "--model", str(folder), "--backend", backend, "--cases", str(cases),
+                   "--preset", preset, "--max-new-tokens", "4", "--no-repair", "--out", str(out)])
+        assert rc == 0, capsys.readouterr().err
+        got[preset] = json.loads(out.read_text())
+    tok = AutoTokenizer.from_pretrained(folder)
+    assert got["greedy"]["impression"] == tok.decode(greedy_ids).strip()
+    assert got["paper-demo"]["impression"] == tok.decode(beam_ids).strip() != got["greedy"]["impression"]
+    for preset, rec in got.items():
+        p = rec["provenance"]
+        assert p["preset"] == preset and p["decoding"] == {**PRESETS[preset].to_dict(), "max_new_tokens": 4}
+        assert p["backend"] == ("ctranslate2" if backend == "ct2" else "transformers")
+    assert got["paper-demo"]["provenance"]["decoding"]["num_beams"] == PRESETS["paper-demo"].num_beams
+    assert got["greedy"]["provenance"]["decoding"]["num_beams"] == 1
+
+    # what beam search is for: the sequence it returned is far likelier under the model than greedy's
+    model = AutoModelForCausalLM.from_pretrained(folder).eval()
+
+    def log_prob(ids: list[int]) -> float:
+        seq = torch.tensor([[tok.eos_token_id, *ids]])  # a bigram model: any token can stand for the prompt
+        with torch.no_grad():
+            lp = model(seq).logits[0, :-1].log_softmax(-1)
+        return float(lp[torch.arange(len(ids)), seq[0, 1:]].sum())
+
+    assert log_prob(beam_ids) > log_prob(greedy_ids) + 5
 
 
 def test_cli_on_the_tiny_run_writes_provenance(tiny_run, tmp_path, capsys):

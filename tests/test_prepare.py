@@ -1,15 +1,23 @@
-"""`radgpt prepare` end to end: outputs, splits, duplicates, leakage flags, bad input and exit codes."""
+"""`radgpt prepare` end to end: outputs, splits, duplicates, leakage flags, bad input and exit codes, and the
+invariants every prepared corpus keeps (hypothesis-generated multi-patient corpora). Everything here runs on
+a fresh clone: the OpenI files it reads are the ones bundled in data/openi/."""
 
 import json
 import os
+import tempfile
+from collections import defaultdict
 from pathlib import Path
 
-from hypothesis import given, settings
+import pytest
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from radgpt.cli import main
-from radgpt.prepare.splits import SPLITS, hash_split
+from radgpt.prepare.splits import SPLITS
+from tests.mimic_tree import FINDINGS_POOL, findings_and_impression, mimic_layout
 from tests.report_fixtures import iu_rows, mimic_report, write_mimic_tree, write_openi_folder
+
+OPENI = Path(__file__).resolve().parents[1] / "data/openi"  # bundled: no ../shared needed
 
 
 def _jsonl(path: Path) -> list[dict]:
@@ -20,9 +28,9 @@ def _run(*argv) -> int:
     return main(["prepare", *map(str, argv), "--quiet"])
 
 
-def test_prepare_shared_iu_csv_end_to_end(tmp_path, shared_openi):
+def test_prepare_iu_csv_end_to_end(tmp_path):
     out = tmp_path / "out"
-    assert _run(shared_openi / "indiana_reports.csv", "--out", out) == 0
+    assert _run(OPENI / "indiana_reports.csv", "--out", out) == 0
     s = json.loads((out / "summary.json").read_text())
     assert s["items_read"] == 2982 and s["parsed"] == 2982
     kept = sum(d["records"] for d in s["splits"].values())
@@ -49,24 +57,30 @@ def test_prepare_is_reproducible_and_seeded(tmp_path):
     assert (a / "records/test.jsonl").read_bytes() != (c / "records/test.jsonl").read_bytes()
 
 
-def test_clin_summ_jsonl_duplicates_and_leakage(tmp_path, shared_openi):
+def test_clin_summ_jsonl_duplicates_and_leakage(tmp_path):
     src = tmp_path / "pairs.jsonl"
-    rows = [json.loads(x) for x in (shared_openi / "clin-summ/train.jsonl").read_text().splitlines()[:300]]
-    rows += [dict(rows[0], idx=10_000 + i) for i in range(3)]  # exact duplicates of one pair
+    rows = [json.loads(x) for x in (OPENI / "clin-summ/train.jsonl").read_text().splitlines()[:300]]
+    # exact duplicates: four copies of one pair, and a second copy of 40 others under new ids
+    rows += [dict(rows[0], idx=10_000 + i) for i in range(3)]
+    rows += [dict(r, idx=20_000 + i) for i, r in enumerate(rows[1:41])]
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "out"
     assert _run(src, "--out", out) == 2  # no patient column: stops rather than split by report silently
     assert _run(src, "--out", out, "split.by=report") == 0  # OpenI has one report per patient
     s = json.loads((out / "summary.json").read_text())
     assert s["split_by"] == "report"
-    # one of the four copies survives in each split it lands in; the rest are removed or flagged
+    # one copy survives in each split it lands in; the rest are removed (same split) or flagged (held out)
     dups = sum(d["duplicates_removed"] for d in s["splits"].values())
     leaked = sum(d["pairs_also_in_train"] for d in s["splits"].values())
-    assert dups + leaked >= 3
-    flagged = [r for sp in ("validate", "test") for r in _jsonl(out / "alpaca" / f"{sp}.jsonl") if r.get("in_train")]
-    assert len(flagged) == sum(s["splits"][sp]["pairs_also_in_train"] for sp in ("validate", "test"))
+    assert dups + leaked >= 3 + 40 - 1 and leaked >= 1
     train_pairs = {(r["input"], r["output"]) for r in _jsonl(out / "alpaca/train.jsonl")}
-    assert all((r["input"], r["output"]) in train_pairs for r in flagged)
+    for sp in ("validate", "test"):
+        held_out = _jsonl(out / "alpaca" / f"{sp}.jsonl")
+        # flagged exactly when a model trained on train has seen the pair
+        assert [bool(r.get("in_train")) for r in held_out] == [(r["input"], r["output"]) in train_pairs
+                                                               for r in held_out]
+        assert sum(bool(r.get("in_train")) for r in held_out) == s["splits"][sp]["pairs_also_in_train"]
+    assert len(_jsonl(out / "skipped.jsonl")) == dups  # each removed copy is in skipped.jsonl
 
 
 def test_split_file_and_mimic_tree(tmp_path):
@@ -120,11 +134,112 @@ def test_no_usable_reports_exits_1(tmp_path):
     assert _run(f, "--out", tmp_path / "o") == 1
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.text(min_size=1, max_size=12), st.integers(0, 5)), max_size=60), st.integers(0, 99))
-def test_a_patient_never_spans_two_splits(studies, seed):
-    assigned: dict[str, str] = {}
-    for patient, _study in studies:
-        split = hash_split(patient, seed, (0.6, 0.2, 0.2))
-        assert split in SPLITS
-        assert assigned.setdefault(patient, split) == split
+# ---------------------------------------------------------------------------------------- invariants
+# Small pools of sentences, so generated corpora hold the same report for one patient twice, for two
+# patients, with and without a findings or impression section.
+_SENTENCES = tuple(s for s, _ in FINDINGS_POOL[:6])
+_IMPRESSIONS = ("No acute cardiopulmonary process.", "Small left pleural effusion.",
+                "Stable mild cardiomegaly.", "")
+_REPORT = st.tuples(st.lists(st.sampled_from(_SENTENCES), max_size=2), st.sampled_from(_IMPRESSIONS))
+_FRACTIONS = ((0.8, 0.1, 0.1), (0.5, 0.3, 0.2), (0.34, 0.33, 0.33))
+
+
+def _write_corpus(folder: Path, patients: list[list[tuple[str, str]]], fmt: str
+                  ) -> tuple[Path, dict[str, str]]:
+    """patients[p] = [(findings, impression), ...] as a JSONL export or a MIMIC-CXR tree.
+    Returns (input path, {report id: patient id})."""
+    patient_of: dict[str, str] = {}
+    if fmt == "jsonl":
+        src = folder / "export.jsonl"
+        with open(src, "w", encoding="utf-8") as f:
+            for p, reports in enumerate(patients):
+                for findings, impression in reports:
+                    rid = f"A{len(patient_of):05d}"
+                    patient_of[rid] = f"MRN{p}"
+                    f.write(json.dumps({"id": rid, "patient_id": f"MRN{p}", "findings": findings,
+                                        "impression": impression}) + "\n")
+        return src, patient_of
+    studies = {}
+    for p, reports in enumerate(patients):
+        for findings, impression in reports:
+            subject, study = 10_000_000 + p, 50_000_000 + len(patient_of)
+            patient_of[f"s{study}"] = str(subject)
+            studies[(subject, study)] = mimic_layout(findings, impression)
+    return write_mimic_tree(folder / "mimic-cxr", studies), patient_of
+
+
+# No shrinking: each example is a whole prepare run, and shrinking a failure took minutes; the failing
+# corpus is printed as drawn (at most 25 patients).
+@settings(max_examples=40, deadline=None, phases=(Phase.explicit, Phase.reuse, Phase.generate))
+@given(patients=st.lists(st.lists(_REPORT.map(lambda r: (" ".join(r[0]), r[1])), min_size=1, max_size=5),
+                         min_size=1, max_size=25),
+       fmt=st.sampled_from(["jsonl", "mimic"]), seed=st.integers(0, 10**6),
+       fractions=st.sampled_from(_FRACTIONS))
+def test_every_report_is_accounted_for_and_every_patient_is_in_one_split(patients, fmt, seed, fractions):
+    with tempfile.TemporaryDirectory() as tmp:
+        src, patient_of = _write_corpus(Path(tmp), patients, fmt)
+        out = Path(tmp) / "out"
+        split = [f"split.{name}={frac}" for name, frac in zip(SPLITS, fractions)]
+        rc = _run(src, "--out", out, f"split.seed={seed}", *split)
+        summary = json.loads((out / "summary.json").read_text())
+        records = {sp: _jsonl(out / "records" / f"{sp}.jsonl") if (out / "records" / f"{sp}.jsonl").exists()
+                   else [] for sp in SPLITS}
+        skipped = _jsonl(out / "skipped.jsonl")
+        datasets = {(fmt_, sp): _jsonl(out / fmt_ / f"{sp}.jsonl") if (out / fmt_ / f"{sp}.jsonl").exists()
+                    else [] for fmt_ in ("alpaca", "chat") for sp in SPLITS}
+
+    written = [r["id"] for rows in records.values() for r in rows]
+    assert rc == (0 if written else 1)
+    # every input report is written once or skipped once (with its reason), never both, never lost
+    assert sorted(written + [x["data"]["id"] for x in skipped]) == sorted(patient_of)
+    assert summary["items_read"] == len(patient_of)
+    assert summary["written"] + summary["skipped_total"] == len(patient_of)
+    # every patient's reports are in exactly one split, under the patient they came from
+    where: dict[str, set[str]] = defaultdict(set)
+    for sp, rows in records.items():
+        for r in rows:
+            assert r["patient_id"] == patient_of[r["id"]]
+            where[r["patient_id"]].add(sp)
+        assert summary["splits"][sp]["records"] == len(rows)
+        assert summary["splits"][sp]["patients"] == len({r["patient_id"] for r in rows})
+    assert all(len(s) == 1 for s in where.values()), {p: s for p, s in where.items() if len(s) > 1}
+    # no pair twice in a split; a held-out pair is flagged exactly when train has it
+    pair = lambda r: (r["findings"], r["impression"])  # noqa: E731
+    train_pairs = {pair(r) for r in records["train"]}
+    for sp, rows in records.items():
+        assert len({pair(r) for r in rows}) == len(rows)
+        flags = [bool(r.get("in_train")) for r in rows]
+        assert flags == [sp != "train" and pair(r) in train_pairs for r in rows]
+        for fmt_ in ("alpaca", "chat"):  # the training/eval datasets mirror the records, flags included
+            got = datasets[(fmt_, sp)]
+            assert [(x["id"], bool(x.get("in_train"))) for x in got] == [(r["id"], bool(r.get("in_train")))
+                                                                        for r in rows]
+
+
+@pytest.fixture(scope="module")
+def big_export(tmp_path_factory) -> tuple[Path, int]:
+    """1,200 patients with 1-2 reports each (unique texts), as a JSONL export."""
+    path = tmp_path_factory.mktemp("big") / "export.jsonl"
+    lines, code = [], 0
+    for p in range(1200):
+        for _ in range(1 + p % 2):
+            code += 1
+            findings, impression = findings_and_impression(code)
+            lines.append(json.dumps({"id": f"A{code}", "patient_id": f"MRN{p}", "findings": findings,
+                                     "impression": impression}))
+    path.write_text("\n".join(lines) + "\n")
+    return path, 1200
+
+
+@settings(max_examples=6, deadline=None, derandomize=True, phases=(Phase.explicit, Phase.generate))
+@given(seed=st.integers(0, 10**6), fractions=st.sampled_from(_FRACTIONS))
+def test_split_sizes_follow_the_configured_fractions(big_export, seed, fractions):
+    src, n_patients = big_export
+    with tempfile.TemporaryDirectory() as tmp:
+        split = [f"split.{name}={frac}" for name, frac in zip(SPLITS, fractions)]
+        assert _run(src, "--out", Path(tmp) / "out", f"split.seed={seed}", *split) == 0
+        summary = json.loads((Path(tmp) / "out" / "summary.json").read_text())
+    share = [summary["splits"][sp]["patients"] / n_patients for sp in SPLITS]
+    # 1,200 patients: a share's standard deviation is at most 1.5 points; 5 points is over 3 of them
+    assert all(abs(got - want) < 0.05 for got, want in zip(share, fractions)), (share, fractions)
+    assert sum(summary["splits"][sp]["patients"] for sp in SPLITS) == n_patients

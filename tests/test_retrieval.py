@@ -64,3 +64,14 @@ def test_a_damaged_cache_entry_is_rebuilt(tmp_path):
     entry.write_bytes(b"not an npz")
     hits = CaseIndex(cases).search(cases[0].findings, 1)
     assert hits[0][0].id == cases[0].id
+
+
+def test_saved_cases_with_unicode_line_separators_load_back(tmp_path):
+    """save() writes ensure_ascii=False, so U+2028 / U+0085 inside a report stay raw in the file; load() must
+    split at newlines only (str.splitlines() would cut such a case in two and fail)."""
+    from radgpt.runs.retrieval import Case, CaseIndex
+
+    cases = [Case("a", "Heart size normal.\u2028Lungs clear.", "No acute\u0085disease."), Case("b", "Effusion.", "Effusion.")]
+    CaseIndex(cases).save(tmp_path)
+    loaded = CaseIndex.load(tmp_path)
+    assert [(c.id, c.findings, c.impression) for c in loaded.cases] == [(c.id, c.findings, c.impression) for c in cases]

@@ -6,66 +6,16 @@ from __future__ import annotations
 import json
 import threading
 import time
-from pathlib import Path
 
 import pytest
-from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
 from radgpt.cli import main
-from radgpt.impress.backends.base import Generation
 from radgpt.impress.baselines import load_baseline
-from radgpt.impress.model import ImpressionModel
-from radgpt.serve.app import Settings, create_app
-from tests import test_impress
-
-tiny_run, tiny_export = test_impress.tiny_run, test_impress.tiny_export  # session fixtures, shared
-
-REPO = Path(__file__).resolve().parents[1]
-TRAIN = REPO / "data/openi/clin-summ/train.jsonl"
-FINDINGS = "The heart is normal in size. The lungs are clear. No pleural effusion or pneumothorax."
-
-
-class EchoModel(ImpressionModel):
-    """Streams 'impression of N words' word by word; can be held at a gate; records its batch sizes."""
-
-    name = "echo"
-
-    def __init__(self, gate: threading.Event | None = None, delay: float = 0.0):
-        self.gate, self.delay, self.batches = gate, delay, []
-        self.index = load_baseline("nearest", cases=str(TRAIN)).index
-
-    def generate(self, prompts, decoding, max_tokens=None, on_delta=None, should_stop=None, stops=None):
-        self.batches.append(len(prompts))
-        if self.gate is not None:
-            self.gate.wait(10)
-        out = []
-        for i, p in enumerate(prompts):
-            words = ["impression", "of", str(len(p.split())), "words."]
-            limit = (max_tokens or [decoding.max_new_tokens] * len(prompts))[i]
-            sent = []
-            for w in words[:limit]:
-                if should_stop is not None and should_stop(i):
-                    break
-                time.sleep(self.delay)
-                piece = (" " if sent else "") + w
-                sent.append(piece)
-                if on_delta:
-                    on_delta(i, piece)
-            out.append(Generation("".join(sent), "stop" if len(sent) == len(words) else "length", len(p.split()),
-                                  len(sent)))
-        return out
-
-
-def client_for(models, **settings) -> TestClient:
-    return TestClient(create_app(models, Settings(**settings)))
-
-
-def wait_ready(c: TestClient) -> None:
-    for _ in range(200):
-        if c.get("/health").status_code == 200:
-            return
-        time.sleep(0.05)
-    raise AssertionError(c.get("/health").json())
+from radgpt.serve import protocol as api
+from radgpt.serve.app import create_app
+from radgpt.serve.config import ServeConfig
+from tests.serve_helpers import FINDINGS, EchoModel, client_for, wait_ready
 
 
 def sse_events(text: str) -> list:
@@ -164,6 +114,45 @@ def test_impressions_endpoint(echo_client):
     assert r.json()["impression"] == "No acute cardiopulmonary abnormality."
 
 
+def _round_trip(model_cls, data: dict) -> None:
+    """`data` is exactly a `model_cls` (the response models forbid extra fields), field for field."""
+    assert model_cls.model_validate(data).model_dump(mode="json") == data
+
+
+def test_every_response_body_is_its_protocol_model(echo_client):
+    c = echo_client
+    _round_trip(api.HealthResponse, c.get("/health").json())
+    _round_trip(api.ModelList, c.get("/v1/models").json())
+    _round_trip(api.CompletionResponse, c.post("/v1/completions", json={"prompt": ["a b", "c"]}).json())
+    chat = {"messages": [{"role": "user", "content": FINDINGS}]}
+    _round_trip(api.ChatCompletionResponse, c.post("/v1/chat/completions", json=chat).json())
+    _round_trip(api.ImpressionResponse, c.post("/v1/impressions", json={"findings": FINDINGS}).json())
+    _round_trip(api.ErrorResponse, c.post("/v1/impressions", json={"findings": ""}).json())
+    for e in sse_events(c.post("/v1/completions", json={"prompt": "x y", "stream": True}).text):
+        _round_trip(api.CompletionStreamResponse, e)
+    for e in sse_events(c.post("/v1/chat/completions", json={**chat, "stream": True}).text):
+        _round_trip(api.ChatCompletionStreamResponse, e)
+    events = sse_events(c.post("/v1/impressions", json={"findings": FINDINGS, "stream": True}).text)
+    kinds = {"similar_cases": api.SimilarCasesEvent, "delta": api.DeltaEvent, "done": api.DoneEvent}
+    for e in events:
+        _round_trip(kinds[e["type"]], e)
+    # and a body with a field the protocol does not have is refused: the check above can fail
+    with pytest.raises(ValidationError):
+        api.ImpressionResponse.model_validate({**events[-1], "type": None, "report_text": "x"})
+
+
+def test_stream_error_events_are_protocol_models():
+    with client_for({"echo": EchoModel(delay=0.2)}, timeout_s=0.3) as c:
+        wait_ready(c)
+        chat = {"messages": [{"role": "user", "content": FINDINGS}], "stream": True}
+        for path, body, cls in [("/v1/completions", {"prompt": "a b", "stream": True}, api.StreamError),
+                                ("/v1/chat/completions", chat, api.StreamError),
+                                ("/v1/impressions", {"findings": FINDINGS, "stream": True}, api.ErrorEvent)]:
+            last = sse_events(c.post(path, json=body).text)[-1]
+            _round_trip(cls, last)
+            assert last["error"]["code"] == "timeout"
+
+
 @pytest.mark.parametrize("path,body,status,code", [
     ("/v1/impressions", b'{"findings": ""}', 400, "empty_findings"),
     ("/v1/impressions", b'{"findings": " \\n\\t "}', 400, "empty_findings"),
@@ -240,6 +229,105 @@ def test_refuses_non_loopback_bind_without_key(capsys, monkeypatch):
     assert "refusing to bind 0.0.0.0 without an API key" in capsys.readouterr().err
 
 
+def _serve_config(*argv: str):
+    import argparse
+
+    from radgpt.serve import cli
+
+    p = argparse.ArgumentParser()
+    cli.add_arguments(p)
+    return cli.config_from_args(p.parse_args(list(argv)))
+
+
+def test_serve_config_layers_and_the_documented_flags(tmp_path, monkeypatch):
+    from radgpt.common.net import LOOPBACK_NAMES
+
+    monkeypatch.delenv("RADGPT_API_KEY", raising=False)
+    yml = tmp_path / "serve.yaml"
+    yml.write_text("models: [runs/a, baseline:nearest]\ntimeout_s: 30\nmax_batch: 8\nport: 9000\n")
+    # defaults ← YAML ← flags ← key=value
+    cfg = _serve_config("--config", str(yml), "--timeout", "12", "--max-body-kb", "64", "--max-batch", "2",
+                        "max_batch=4")
+    assert cfg.models == ["runs/a", "baseline:nearest"] and cfg.port == 9000
+    assert cfg.timeout_s == 12.0 and cfg.max_batch == 4 and cfg.max_body_bytes == 64 * 1024
+    assert cfg.allowed_hosts == LOOPBACK_NAMES and cfg.api_key == ""
+    # every flag the docs, benches and tests use still sets its key
+    cfg = _serve_config("--model", "m1", "--model", "m2", "--name", "a", "--name", "b", "--port", "8080",
+                        "--audit-log", "", "--max-queue", "4", "--batch-wait-ms", "2", "--max-tokens", "64",
+                        "--max-prompt-tokens", "512", "--threads", "1", "--backend", "ct2",
+                        "--cases", "c.jsonl", "--device", "cpu", "--host", "::1", "--api-key", "k")
+    assert (cfg.models, cfg.names, cfg.port, cfg.audit_log) == (["m1", "m2"], ["a", "b"], 8080, "")
+    assert (cfg.max_queue, cfg.batch_wait_ms, cfg.max_tokens, cfg.max_prompt_tokens) == (4, 2.0, 64, 512)
+    assert (cfg.threads, cfg.backend, cfg.cases, cfg.api_key) == (1, "ct2", "c.jsonl", "k")
+    monkeypatch.setenv("RADGPT_API_KEY", "from-env")
+    cfg = _serve_config("--host", "10.0.0.5")
+    assert cfg.api_key == "from-env" and cfg.allowed_hosts == []  # off loopback: no Host restriction
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["max_bach=3"], "unknown config key 'max_bach'; did you mean max_batch"),
+    (["max_batch=0"], "'max_batch' must be at least 1, got 0"),
+    (["timeout_s=0"], "'timeout_s' must be more than 0"),
+    (["backend=ct3"], "'backend' must be one of ['auto', 'transformers', 'ct2', 'llama.cpp']"),
+    (["--model", "a", "--name", "x", "--name", "y"], "2 names for 1 model(s)"),
+    (["port"], "expected key=value overrides, got ['port']"),
+])
+def test_bad_serve_config_is_refused_naming_the_key(argv, message, capsys):
+    assert main(["serve", *argv]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_serve_help_shows_every_config_fields_comment(capsys):
+    from radgpt.common.config import field_comments
+    from radgpt.serve.config import ServeConfig
+
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--help"])
+    assert e.value.code == 0
+    shown = "".join(capsys.readouterr().out.split())
+    comments = field_comments(ServeConfig)
+    assert len([c for c in comments.values() if c]) >= 15
+    for key, comment in comments.items():
+        assert "".join(comment.split()) in shown, key
+    for flag in ("--model", "--name", "--timeout", "--audit-log", "--max-body-kb", "--api-key", "--config"):
+        assert flag in shown
+
+
+def test_wait_until_healthy_says_why_a_server_did_not_start():
+    import subprocess
+    import sys
+
+    from radgpt.common.net import ServerDidNotStart, free_port, wait_until_healthy
+
+    script = "import sys; sys.stderr.write('no model here'); sys.exit(3)"
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE)
+    with pytest.raises(ServerDidNotStart, match=r"exited with code 3 before it was healthy; .*\nno model here$"):
+        wait_until_healthy(f"http://127.0.0.1:{free_port()}", timeout=30, proc=proc, interval=0.05)
+    with pytest.raises(ServerDidNotStart, match=r"not healthy within 0.3 s \(ConnectError\)"):
+        wait_until_healthy(f"http://127.0.0.1:{free_port()}", timeout=0.3, interval=0.05)
+
+
+def test_no_egress_env_turns_hubs_and_telemetry_off(monkeypatch):
+    import os
+
+    from radgpt.common.net import no_egress_env
+
+    names = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY",
+             "DO_NOT_TRACK")
+    for var in names:
+        monkeypatch.setenv(var, "0")
+    no_egress_env()
+    assert [os.environ[v] for v in names] == ["1"] * len(names)
+
+
+def test_a_lower_max_tokens_lowers_the_default_instead_of_refusing_every_request():
+    with client_for({"echo": EchoModel()}, max_tokens=3) as c:
+        wait_ready(c)
+        body = c.post("/v1/impressions", json={"findings": FINDINGS}).json()
+        assert body["usage"]["completion_tokens"] == 3 and body["finish_reason"] == "length"
+        assert c.post("/v1/impressions", json={"findings": FINDINGS, "max_tokens": 4}).status_code == 400
+
+
 def test_loopback_server_rejects_foreign_host_header():
     with client_for({"echo": EchoModel()}, allowed_hosts=["127.0.0.1", "localhost"]) as c:
         assert c.get("/health", headers={"Host": "evil.example"}).status_code == 400
@@ -259,7 +347,7 @@ def test_queue_full_is_429_and_batches_form_across_clients():
     model = EchoModel(gate=gate)
     with client_for({"echo": model}, max_queue=4, max_batch=8, batch_wait_ms=1) as c:
         wait_ready(c)
-        batcher = c.app.state.radgpt["batchers"]["echo"]
+        batcher = c.app.state.radgpt.batchers["echo"]
         results: list = []
         threads = [_post_in_thread(c, results, {"findings": FINDINGS})]
         while not model.batches:  # the worker holds the first request at the gate
@@ -300,30 +388,20 @@ def test_clinician_page_and_assets_are_local(echo_client):
 def test_tiny_model_end_to_end_and_impress_through_the_endpoint(tiny_export, tmp_path, capsys):
     """The real stack: the tiny CTranslate2 export behind uvicorn on loopback; `radgpt impress
     --endpoint` (the OpenAI-compatible backend) against it gives what the model gives directly."""
-    import socket
-
+    import httpx
     import uvicorn
 
+    from radgpt.common.net import free_port, wait_until_healthy
     from radgpt.impress.load import load_model
 
     direct = load_model(str(tiny_export))
-    app = create_app({"tiny": direct}, Settings())
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    app = create_app({"tiny": direct}, ServeConfig(audit_log=""))
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        import httpx
-
-        for _ in range(200):
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
+        wait_until_healthy(f"http://127.0.0.1:{port}", timeout=30, interval=0.05)
         out = tmp_path / "o.jsonl"
         rc = main(["impress", FINDINGS, "--endpoint", f"http://127.0.0.1:{port}/v1", "--model", "tiny",
                    "--shots", "2", "--cases", str(tiny_export / "retrieval_cases.jsonl"),

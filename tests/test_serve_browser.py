@@ -7,15 +7,13 @@ import contextlib
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
-from tests import test_impress
+from radgpt.common.net import free_port, wait_until_healthy
 
-tiny_run, tiny_export = test_impress.tiny_run, test_impress.tiny_export  # session fixtures, shared
+# tiny_export: a session fixture in tests/conftest.py
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
@@ -33,26 +31,14 @@ def start(model: Path, port: int, audit: Path) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "radgpt", "serve", "--model", str(model), "--name", "tiny",
                              "--port", str(port), "--audit-log", str(audit), "--threads", "1"],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            break
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"server did not start: {proc.stderr.read().decode()[-2000:]}")
+    wait_until_healthy(f"http://127.0.0.1:{port}", timeout=60, proc=proc)
+    return proc
 
 
 @contextlib.contextmanager
 def served_page(model, tmp_path: Path):
     """`radgpt serve MODEL` on a free port and a Chromium page on it, ready; yields (page, console errors)."""
     from playwright.sync_api import expect, sync_playwright
-
-    from radgpt.study.synthetic import free_port
 
     expect.set_options(timeout=20_000)
     port = free_port()

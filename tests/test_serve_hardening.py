@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from radgpt.common.errors import FatalError
 from radgpt.runs.decoding import Decoding
-from radgpt.serve.batcher import Batcher, Job
-from tests.test_serve import FINDINGS, EchoModel, client_for, wait_ready
+from radgpt.serve.batcher import Batcher, Job, RequestRefused
+from radgpt.serve.protocol import ErrorResponse, HealthResponse
+from tests.serve_helpers import FINDINGS, EchoModel, client_for, wait_ready
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,15 +61,160 @@ class FlakyModel(EchoModel):
 
 
 @pytest.mark.parametrize("error, restarts", [(RuntimeError("mkl_malloc: failed to allocate memory"), 0), (Boom(), 1)])
-def test_engine_failures_fail_the_batch_not_the_server(error, restarts):
+@pytest.mark.parametrize("path, body", [
+    ("/v1/impressions", {"findings": FINDINGS}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": FINDINGS}]}),
+    ("/v1/completions", {"prompt": "a b c"}),
+])
+def test_an_engine_that_raises_is_502_and_the_server_keeps_serving(error, restarts, path, body):
     with client_for({"echo": FlakyModel(error)}) as c:
         wait_ready(c)
-        r = c.post("/v1/impressions", json={"findings": FINDINGS})
-        assert r.status_code == 503 and r.json()["error"]["code"] == "generation_error"
+        r = c.post(path, json=body)
+        assert r.status_code == 502, r.text
+        err = ErrorResponse.model_validate(r.json()).error
+        assert err.code == "generation_error" and "generation failed in the engine" in err.message
+        assert err.type == "server_error" and r.headers["Retry-After"]
         assert "mkl" not in r.text and "Boom" not in r.text  # no internal text
-        assert c.post("/v1/impressions", json={"findings": FINDINGS}).status_code == 200
-        w = c.get("/health").json()["workers"]["echo"]
+        h = c.get("/health")
+        assert h.status_code == 200 and h.json()["status"] == "ok"
+        w = h.json()["workers"]["echo"]
         assert w["alive"] and w["restarts"] == restarts
+        assert c.post(path, json=body).status_code == 200
+
+
+class ContextLimitedModel(EchoModel):
+    """Like llama.cpp: the engine itself refuses a prompt over its context with a FatalError (the server's own
+    token limit is set high, so only the engine's check stands between the request and the worker)."""
+
+    context = 40
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []  # rows per call, refused ones included
+
+    def generate(self, prompts, *a, **k):
+        self.calls.append(len(prompts))
+        for p in prompts:
+            if len(p.split()) > self.context:
+                n = len(p.split())
+                raise FatalError(f"prompt of {n} tokens exceeds the engine's context ({self.context})")
+        return super().generate(prompts, *a, **k)
+
+
+LONG = " ".join(["nodule"] * 60)
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/impressions", {"findings": LONG}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": LONG}]}),
+    ("/v1/completions", {"prompt": LONG}),
+    ("/v1/completions", {"prompt": ["short one", LONG]}),
+])
+def test_an_over_long_prompt_the_engine_refuses_is_400_not_500(path, body):
+    with client_for({"echo": ContextLimitedModel()}, max_prompt_tokens=10_000) as c:
+        wait_ready(c)
+        r = c.post(path, json=body)
+        assert r.status_code == 400, r.text
+        err = ErrorResponse.model_validate(r.json()).error
+        assert err.code == "invalid_request" and "exceeds the engine's context (40)" in err.message
+        # streamed, the 200 is sent before the engine runs: the same error comes as the stream's error event
+        r = c.post(path, json={**body, "stream": True})
+        assert r.status_code == 200 and r.text.endswith("data: [DONE]\n\n")
+        assert '"code": "invalid_request"' in r.text and "exceeds the engine's context" in r.text
+        assert c.get("/health").status_code == 200
+        assert c.post("/v1/impressions", json={"findings": FINDINGS}).status_code == 200
+
+
+class CountRefusingModel(EchoModel):
+    """A model whose own token count refuses an over-long text (a FatalError raised in the request's own
+    handling, before anything is queued: it was answered 500)."""
+
+    def count_tokens(self, text):
+        if len(text.split()) > 40:
+            raise FatalError("the findings are longer than this model's context")
+        return super().count_tokens(text)
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/impressions", {"findings": LONG}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": LONG}], "stream": True}),
+    ("/v1/completions", {"prompt": LONG}),
+])
+def test_a_fatal_error_while_handling_a_request_is_400(path, body):
+    model = CountRefusingModel()
+    with client_for({"echo": model}) as c:
+        wait_ready(c)
+        r = c.post(path, json=body)
+        assert r.status_code == 400, r.text
+        assert r.json()["error"] == {"message": "the findings are longer than this model's context",
+                                     "type": "invalid_request_error", "code": "invalid_request"}
+        assert model.batches == []
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/impressions", {"findings": LONG}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": LONG}]}),
+    ("/v1/completions", {"prompt": LONG}),
+])
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_prompt_token_limit_is_400_on_every_endpoint_streamed_or_not(path, body, stream):
+    model = EchoModel()
+    with client_for({"echo": model}, max_prompt_tokens=30) as c:
+        wait_ready(c)
+        r = c.post(path, json={**body, "stream": stream})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "prompt_too_long", r.text
+        assert model.batches == []
+
+
+def test_only_the_row_the_engine_refuses_fails_in_a_shared_batch():
+    """Rows from different clients share a batch; the engine's FatalError is about one prompt, so the batch is
+    run again row by row and only that row is refused."""
+    model = ContextLimitedModel()
+    b = Batcher(model, max_batch=4, max_queue=4, wait_ms=300)
+    try:
+        ok, bad = Job("short prompt", Decoding(), 4), Job(LONG, Decoding(), 4)
+        b.submit(ok)
+        b.submit(bad)  # within the 300 ms the batch waits to fill: one batch of two
+        assert ok.future.result(5).text == "impression of 2 words."
+        with pytest.raises(RequestRefused, match="exceeds the engine's context"):
+            bad.future.result(5)
+        assert model.calls == [2, 1, 1]  # the batch of two, refused; then each row alone
+        assert b.health()["alive"] and b.health()["restarts"] == 0
+    finally:
+        b.close()
+
+
+def test_a_model_that_failed_to_load_is_503_everywhere():
+    def broken_loader():
+        raise FatalError("models/nope: model folder not found")
+
+    with client_for({"broken": broken_loader}) as c:
+        for _ in range(100):
+            if c.get("/health").json()["status"] != "loading":
+                break
+            time.sleep(0.02)
+        h = c.get("/health")
+        assert h.status_code == 503
+        health = HealthResponse.model_validate(h.json())
+        assert health.status == "error" and health.error == "FatalError: models/nope: model folder not found"
+        for path, body in [("/v1/impressions", {"findings": FINDINGS}), ("/v1/completions", {"prompt": "a"}),
+                           ("/v1/chat/completions", {"messages": [{"role": "user", "content": FINDINGS}]})]:
+            r = c.post(path, json=body)
+            assert r.status_code == 503, r.text
+            err = ErrorResponse.model_validate(r.json()).error
+            assert err.code == "load_failed" and "model folder not found" in err.message
+
+
+def test_a_worker_that_is_gone_is_503_not_429():
+    with client_for({"echo": EchoModel()}) as c:
+        wait_ready(c)
+        c.app.state.radgpt.batchers["echo"].close()  # what shutdown does
+        r = c.post("/v1/impressions", json={"findings": FINDINGS})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "worker_unavailable", r.text
+        assert r.headers["Retry-After"]
+        h = c.get("/health")
+        assert h.status_code == 503 and h.json()["status"] == "unavailable"
+        assert h.json()["workers"]["echo"]["alive"] is False
 
 
 def test_stream_error_event_has_no_internal_text():
@@ -81,7 +228,7 @@ def test_health_is_503_when_the_queue_stops_moving():
     gate = threading.Event()
     with client_for({"echo": EchoModel(gate=gate)}, timeout_s=0.5, max_queue=8) as c:
         wait_ready(c)
-        batcher = c.app.state.radgpt["batchers"]["echo"]
+        batcher = c.app.state.radgpt.batchers["echo"]
         batcher.submit(Job("held", Decoding(), 4))  # the worker takes it and blocks at the gate
         time.sleep(0.1)
         batcher.submit(Job("waiting", Decoding(), 4))

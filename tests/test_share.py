@@ -18,9 +18,7 @@ from radgpt.export.engines import export_run
 from radgpt.export.share import pseudonym, share_run
 from radgpt.impress.load import load_model
 from radgpt.runs.folders import SHARE_MANIFEST
-from tests import test_impress
 
-tiny_run = test_impress.tiny_run  # the session fixture, shared
 REPO = Path(__file__).resolve().parents[1]
 
 CASES = [  # distinctive text, so that a copy anywhere in the shared folder is found

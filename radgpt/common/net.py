@@ -1,8 +1,85 @@
-"""Network helpers shared by the servers (serve, study): both bind loopback unless told otherwise."""
+"""Network helpers shared by the servers (serve, study): both bind loopback unless told otherwise, make no
+outbound connections, and are started and waited for the same way by the benches and tests."""
 
 from __future__ import annotations
 
 import ipaddress
+import os
+
+# The Host headers a loopback-bound server accepts: a page elsewhere that rebinds its own DNS name to
+# 127.0.0.1 still sends its own name as Host, so it is refused (DNS rebinding).
+LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1", "[::1]"]
+
+# FastAPI's built-in OpenTelemetry (on by default since 0.165) would record request data, validation errors
+# included, if a global provider or OTEL_* exporters were set: report text never leaves the process.
+NO_FASTAPI_TELEMETRY = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False,
+                        "auto_configure": False}
+
+
+def no_egress_env() -> None:
+    """Set the environment so that no library fetches or reports anything: the Hugging Face hub and its
+    datasets/transformers clients offline (models load from local folders only), their telemetry off.
+    Call it before importing them: several read these variables once, at import."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
+        os.environ[var] = "1"
+    os.environ["DO_NOT_TRACK"] = "1"  # the cross-tool convention (huggingface_hub honours it too)
+
+
+def free_port() -> int:
+    """A loopback TCP port free at the time of asking (for a test or bench server)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ServerDidNotStart(RuntimeError):
+    """A server process exited, or did not answer /health with 200 in time; the message ends with the tail of
+    its stderr when there is one."""
+
+
+def wait_until_healthy(url: str, timeout: float = 60.0, proc=None, interval: float = 0.2) -> None:
+    """Poll `url`/health until it answers 200 (`url` is the server's base, e.g. http://127.0.0.1:8000).
+
+    With `proc` (a subprocess.Popen of the server), stop as soon as it exits; on failure it is killed and its
+    stderr tail (when piped) goes into the ServerDidNotStart message. Not 200 yet (503 while a model loads)
+    and connection refused both mean: keep waiting."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(f"{url}/health", timeout=min(2.0, max(interval, 0.5)))
+            if r.status_code == 200:
+                return
+            last = f"/health answered {r.status_code}"
+        except httpx.HTTPError as e:
+            last = type(e).__name__
+        if proc is not None and proc.poll() is not None:
+            raise ServerDidNotStart(f"the server at {url} exited with code {proc.returncode} before it was "
+                                    f"healthy{_stderr_tail(proc)}")
+        time.sleep(interval)
+    if proc is not None:
+        proc.kill()
+        proc.wait(10)
+    raise ServerDidNotStart(f"the server at {url} was not healthy within {timeout:g} s ({last})"
+                            f"{_stderr_tail(proc)}")
+
+
+def _stderr_tail(proc, chars: int = 2000) -> str:
+    stream = getattr(proc, "stderr", None)
+    if stream is None:
+        return ""
+    try:
+        text = stream.read()
+    except (OSError, ValueError):
+        return ""
+    text = text.decode(errors="replace") if isinstance(text, bytes) else text
+    return f"; its stderr ends:\n{text[-chars:]}" if text.strip() else ""
 
 
 def is_loopback(host: str) -> bool:

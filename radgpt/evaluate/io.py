@@ -1,16 +1,21 @@
 """Reading reference and prediction JSONL files and joining them by id.
 
-The column convention (each overridable on the command line):
+The field names are radgpt.common.inputs's, the same `impress`, `study create` and retrieval accept (each
+overridable on the command line):
 
   references   id: `id`, `idx`, `uid` or `study_id` (--id-field)       radgpt: {"id", "findings", "impression"}
-               text: `impression`, `target`, `reference` (--ref-field)  clin-summ: {"idx", "inputs", "target"}
-               findings (optional, for subgroups and consistency flags): `findings`, `inputs` (--findings-field)
+               text: `impression`, `target`, `output`, `reference`     clin-summ: {"idx", "inputs", "target"}
+                     (--ref-field)
+               findings (optional, for subgroups and consistency flags): `findings`, `inputs`, `input`, `text`
+                     (--findings-field)
   predictions  id: as above (--id-field)
                text: `impression`, `prediction`, `output`, `generated`, `text` (--pred-field)
 
 The first listed field present in a file's first record is used for the whole file. When both files
 have an id field, records are joined by id; otherwise by line order, and the files must have the same length. An empty or
-null prediction text is kept (it scores 0 and is counted); a missing field is an error.
+null prediction text is kept (it scores 0 and is counted); a missing field is an error. A line that is not
+UTF-8, not JSON or not an object stops the run, naming it by file:line and counting the others: scoring the
+rest would silently drop a case.
 
 Provenance (`read_references`, `read_predictions`): each file's path, sha256, size, line count and the
 fields used; for predictions also what produced them, from the `provenance` object `radgpt impress` writes
@@ -27,12 +32,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from radgpt.common.errors import FatalError
-from radgpt.common.inputs import read_json_objects
+from radgpt.common.inputs import (
+    FINDINGS_FIELDS,
+    ID_FIELDS,
+    IMPRESSION_FIELDS,
+    PREDICTION_FIELDS,
+    pick_field,
+    read_json_objects,
+)
 
-ID_FIELDS = ("id", "idx", "uid", "study_id")
-REF_FIELDS = ("impression", "target", "reference")
-FINDINGS_FIELDS = ("findings", "inputs")
-PRED_FIELDS = ("impression", "prediction", "output", "generated", "text")
 # Read from the top level of a prediction line when it has no "provenance" object.
 PROVENANCE_KEYS = ("model", "kind", "backend", "adapter_sha256", "base", "model_path", "endpoint", "endpoint_model",
                    "device", "quantization", "prompt_template", "prompting", "shots", "preset", "decoding")
@@ -54,19 +62,7 @@ def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
 
 
 def _pick(path, records, wanted: str | None, candidates: tuple[str, ...], what: str, required: bool = True):
-    first = records[0][1]
-    if wanted:
-        if wanted not in first:
-            raise FatalError(f"{path}:{records[0][0]}: no field '{wanted}' for the {what} "
-                             f"(fields: {', '.join(first) or 'none'})")
-        return wanted
-    for name in candidates:
-        if name in first:
-            return name
-    if required:
-        raise FatalError(f"{path}:{records[0][0]}: no {what} field (looked for {', '.join(candidates)}; "
-                         f"fields: {', '.join(first) or 'none'}); name it with the matching --*-field option")
-    return None
+    return pick_field(f"{path}:{records[0][0]}", records[0][1], wanted, candidates, what, required)
 
 
 def text_field(where: str, record: dict, field: str, what: str = "") -> str:
@@ -145,7 +141,7 @@ def read_references(path, ref_field=None, id_field=None, findings_field=None) ->
     """(references, has_ids, provenance). Findings are optional: "" when the file has none."""
     records = read_jsonl(path)
     idf = _pick(path, records, id_field, ID_FIELDS, "id", required=False)
-    tf = _pick(path, records, ref_field, REF_FIELDS, "reference text")
+    tf = _pick(path, records, ref_field, IMPRESSION_FIELDS, "reference text")
     ff = _pick(path, records, findings_field, FINDINGS_FIELDS, "findings", required=bool(findings_field))
     ids = _ids(path, records, idf)
     refs = []
@@ -165,7 +161,7 @@ def read_predictions(path, pred_field=None, id_field=None) -> tuple[list[tuple[s
     """(predictions as (id or None, text), has_ids, provenance: the file's and what produced it)."""
     records = read_jsonl(path)
     idf = _pick(path, records, id_field, ID_FIELDS, "id", required=False)
-    tf = _pick(path, records, pred_field, PRED_FIELDS, "prediction text")
+    tf = _pick(path, records, pred_field, PREDICTION_FIELDS, "prediction text")
     ids = _ids(path, records, idf)
     preds = [(pid, text_field(f"{path}:{lineno}", rec, tf, "prediction text")) for (lineno, rec), pid in zip(records, ids)]
     return preds, idf is not None, {**file_provenance(path, records, id=idf, text=tf), **generator_provenance(records)}

@@ -166,7 +166,8 @@ def write_model_card(run: Path, cfg: FinetuneConfig, metrics: dict, info: dict) 
             (f"| optimizer | AdamW, lr {train.lr:g}, weight decay {train.weight_decay:g}, max grad norm "
              f"{train.max_grad_norm:g}; {train.lr_scheduler} schedule, {train.warmup_steps} warm-up steps |"),
             (f"| batch | {train.batch_size} examples per optimizer step ({info['accum']} × {train.micro_batch_size} × "
-             f"{metrics.get('processes', 1)} process(es)) |"),
+             f"{metrics.get('processes', 1)} process(es))"
+             f"{'; micro-batch ' + info['micro_batch_why'] if info.get('micro_batch_why') else ''} |"),
             (f"| length | {length}; {info['steps_per_epoch']} steps make an epoch; trained "
              f"{metrics.get('train_steps')} |")]
     if metrics.get("stopped_early_at"):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from radgpt.common.errors import FatalError
-from radgpt.common.inputs import read_json_objects
+from radgpt.common.inputs import ID_FIELDS, first_field, read_json_objects
 from radgpt.prepare.tasks import PAPER_INSTRUCTION
 from radgpt.runs.prompts import PromptTemplate
 
@@ -50,7 +50,8 @@ def read_examples(path: str | Path, tasks: list[str] | None = None, instruction:
 
 
 def _example(row: dict, n: int, instruction: str) -> Example | None:
-    rid = str(row.get("id", row.get("idx", n)))
+    idf = first_field(row, ID_FIELDS)  # the id names every reader accepts (uid, study_id, ...); else the line
+    rid = str(row[idf] if idf is not None else n)
     task = row.get("task", "findings_impression")
     if "output" in row and "instruction" in row:
         return Example(rid, row["instruction"], row.get("input", ""), row["output"], task)

@@ -25,6 +25,12 @@ from pathlib import Path
 
 from radgpt.common.config import write_resolved
 from radgpt.common.errors import FatalError
+from radgpt.finetune.autobatch import (
+    eval_batch_size,
+    micro_batch_candidates,
+    probe_micro_batch,
+    resolve_micro_batch,
+)
 from radgpt.finetune.card import duration, plot_loss, write_log, write_model_card
 from radgpt.runs.config import DataSettings, FinetuneConfig
 from radgpt.runs.run import RunFolder
@@ -459,6 +465,36 @@ def _save_best(acc, model, run: Path, main: bool, best: dict, cfg: FinetuneConfi
     tmp.rename(target)
 
 
+def _micro_batch(cfg: FinetuneConfig, run: Path, resume: bool, acc, lm, autocast, items, tokenizer, log
+                 ) -> tuple[int, str]:
+    """train.micro_batch_size as it will run, and why (autobatch.resolve_micro_batch). `auto` on a GPU probes
+    the model just built with the longest training examples, before accelerate wraps it: with no collective
+    in the probe, a process that runs out of memory cannot leave the others waiting. Each process probes its
+    own GPU and all take the smallest answer (they must accumulate alike). Under FSDP / DeepSpeed the probe
+    sees the whole model on each GPU, as it is loaded here, before sharding: its answer errs small."""
+    import torch
+
+    saved = None
+    if resume and cfg.train.micro_batch_size == "auto" and (run / "config.yaml").is_file():
+        try:
+            recorded = RunFolder(run).config.train.micro_batch_size
+            saved = recorded if isinstance(recorded, int) else None
+        except FatalError:
+            saved = None
+
+    def probe(sizes: list[int]) -> int:
+        log(f"train.micro_batch_size=auto: probing {', '.join(map(str, sizes))} with the longest training "
+            "examples ...")
+        mine = probe_micro_batch(_make_loss_module(lm, autocast), items, tokenizer.pad_token_id,
+                                 cfg.train.pad_multiple, sizes, acc.device, log=log)
+        if acc.num_processes == 1:
+            return mine
+        return int(acc.gather(torch.tensor([mine], device=acc.device)).min())
+
+    return resolve_micro_batch(cfg.train.micro_batch_size, cfg.train.batch_size, acc.device.type,
+                               acc.num_processes, probe=probe, saved=saved)
+
+
 def _finetune(cfg: FinetuneConfig, run: Path, resume: bool, log, progress: dict) -> dict:
     import torch
     from accelerate import Accelerator
@@ -489,10 +525,14 @@ def _finetune(cfg: FinetuneConfig, run: Path, resume: bool, log, progress: dict)
         torch.set_num_threads(cfg.train.threads)
     autocast = pick_dtype(cfg.model.dtype, device)
     autocast = None if autocast == torch.float32 else autocast
-    if cfg.train.batch_size % (cfg.train.micro_batch_size * acc.num_processes):
-        raise FatalError(f"train.batch_size ({cfg.train.batch_size}) must be a multiple of "
-                         f"train.micro_batch_size × processes ({cfg.train.micro_batch_size} × {acc.num_processes})")
-    accum = cfg.train.batch_size // (cfg.train.micro_batch_size * acc.num_processes)
+    # an integer micro-batch is checked now (a bad one fails before data and model load); auto is chosen
+    # once the model is on its device. eval.batch_size auto depends on the device only
+    micro_auto = cfg.train.micro_batch_size == "auto"
+    if not micro_auto:
+        resolve_micro_batch(cfg.train.micro_batch_size, cfg.train.batch_size, device, acc.num_processes)
+    else:
+        micro_batch_candidates(cfg.train.batch_size, acc.num_processes)
+    cfg.eval.batch_size = eval_batch_size(cfg.eval.batch_size, device)
     if run.exists() and any(run.glob("*.safetensors")) and not resume:
         raise FatalError(f"{run}: already holds a trained model; choose another out= or pass --resume")
     _resolve_data(cfg, log)
@@ -540,6 +580,11 @@ def _finetune(cfg: FinetuneConfig, run: Path, resume: bool, log, progress: dict)
     # ---- model, optimizer, schedule
     torch.manual_seed(cfg.train.seed)
     lm = build_model(cfg, device, half_base=autocast)
+    cfg.train.micro_batch_size, why = _micro_batch(cfg, run, resume, acc, lm, autocast, items, tokenizer, log)
+    accum = cfg.train.batch_size // (cfg.train.micro_batch_size * acc.num_processes)
+    if micro_auto:
+        log(f"train.micro_batch_size=auto → {cfg.train.micro_batch_size} ({why}); "
+            f"gradient accumulation {accum}")
     params = [p for p in lm.parameters() if p.requires_grad]
     n_train = sum(p.numel() for p in params)
     n_all = sum(p.numel() for p in lm.parameters())
@@ -722,7 +767,7 @@ def _finetune(cfg: FinetuneConfig, run: Path, resume: bool, log, progress: dict)
         "train_pairs": n_train_pairs, "train_items": len(items), "val_items": len(val_items),
         "truncated_val": n_trunc_val, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "accum": accum,
         "autocast": str(autocast).replace("torch.", "") if autocast else "off", "n_all": n_all,
-        "device": str(acc.device)})
+        "device": str(acc.device), "micro_batch_why": why if micro_auto else ""})
     (run / "val_metrics.json").write_text(json.dumps(metrics, indent=2))  # last: its presence means "finished"
     log(f"done: {run} {json.dumps({k: v for k, v in metrics.items() if 'rouge' in k or 'loss' in k})}")
     return metrics
@@ -755,9 +800,10 @@ def evaluate_run(lm, tokenizer, template, val, val_items, cfg, autocast, run: Pa
         log(f"validation: generated {done[0]}/{len(prompts)} ({100 * done[0] // len(prompts)}%) | "
             f"{duration(secs)} elapsed, ETA {duration(eta)}")
 
-    log(f"validation: greedy generation of {len(prompts)} impressions (batch {cfg.eval.batch_size}) ...")
+    batch = eval_batch_size(cfg.eval.batch_size, device.type)
+    log(f"validation: greedy generation of {len(prompts)} impressions (batch {batch}) ...")
     preds = generate_batch(lm, tokenizer, prompts, Decoding(max_new_tokens=cfg.eval.max_new_tokens),
-                           cfg.eval.batch_size, autocast, progress=progress)
+                           batch, autocast, progress=progress, log=log)
     secs = time.perf_counter() - t0
     with open(run / "val_predictions.jsonl", "w", encoding="utf-8") as f:
         f.writelines(json.dumps({"id": e.id, "impression": p, "reference": e.output}, ensure_ascii=False) + "\n"

@@ -9,6 +9,10 @@
     radgpt impress reports.jsonl --model baseline:nearest         # baselines answer through the same interface
     radgpt impress reports.jsonl --model packaged:smollm2-135m-instruct --shots 3   # the base model, 3-shot
     radgpt impress reports.jsonl --endpoint http://127.0.0.1:8000/v1 --model radgpt   # vLLM, llama.cpp, ...
+    radgpt impress --config configs/impress-batch.yaml out=out/run2.jsonl   # settings in a YAML file
+
+Every flag is also a config key (ImpressConfig below; `--help` lists them): defaults ← --config YAML ← flags ←
+key=value overrides, later wins.
 
 A model is an `ImpressionModel`: `impress(findings_list, decoding, similar=3) -> [Impression]`, each with
 the impression, the similar prior cases it leans on (returned to the user; the `shots` most similar also go
@@ -21,7 +25,7 @@ into the prompt when the run was trained with them) and token counts. Kinds, via
                           its own chat template, zero-shot (default) or with --shots k retrieved examples
                           (from --cases, default the bundled OpenI train file); backend auto = its CTranslate2
                           copy when `--backend ct2` made one, else transformers
-  baseline:NAME           normal | nearest | last-sentence (radgpt/baselines.py)
+  baseline:NAME           normal | nearest | last-sentence (radgpt/impress/baselines.py)
   NAME with --endpoint    a model behind any OpenAI-compatible server
 Each output line carries provenance: model, backend, adapter sha256, prompt template, decoding, the
 retrieved case ids, time. A bad input line is reported by file:line and skipped; the rest is processed
@@ -35,84 +39,126 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
+from radgpt.common.config import add_config_flags, config_help, flag_values, load_config, split_overrides
 from radgpt.common.errors import FatalError
-from radgpt.impress.inputs import Bad, Record, read_inputs
-from radgpt.impress.load import BACKENDS, DEFAULT_CASES, DEFAULT_MODEL, load_model
+from radgpt.impress.inputs import Bad, FindingsInput, is_file, read_inputs
+from radgpt.impress.load import BACKENDS, load_model
 from radgpt.runs.decoding import PRESETS
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("inputs", nargs="*", metavar="FINDINGS|FILE|-",
-                   help="findings text, a .txt (one per line) / .jsonl / .csv file, or - for stdin")
-    p.add_argument("--model", help="run folder, export folder, a base model with no adapter "
-                   "(packaged:smollm2-135m-instruct, a Hugging Face folder, a .gguf file; zero-shot unless --shots), "
-                   f"baseline:normal|nearest|last-sentence, or the model name at --endpoint (default: {DEFAULT_MODEL})")
+@dataclass
+class ImpressConfig:
+    """`radgpt impress`'s settings: a --config YAML, the flags (each field's name with dashes) and key=value
+    overrides, later wins. `field` is a field name here, so `field(...)` is used above it only."""
 
-    p.add_argument("--backend", default="auto", choices=list(BACKENDS),
-                   help="auto: the CTranslate2 export of this run if `radgpt export` made one (fastest for "
-                        "batches), else its GGUF export (llama.cpp: fastest single impressions), else transformers")
-    p.add_argument("--endpoint", help="base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
-    p.add_argument("--endpoint-chat", action="store_true", help="use /chat/completions (general chat models)")
+    # findings text, .txt (one per line) / .jsonl / .csv files, or - for stdin; given on the command line, the
+    # positional arguments replace it; none at all: stdin
+    inputs: list[str] = field(default_factory=list)
+    # run folder, export folder, a base model with no adapter (packaged:smollm2-135m-instruct, a Hugging Face
+    # folder, a .gguf file; zero-shot unless shots), baseline:normal|nearest|last-sentence, or the model name
+    # at the endpoint (default: the shipped models/radgpt-smollm2-135m)
+    model: str | None = None
+    # auto: the CTranslate2 export of this run if `radgpt export` made one (fastest for batches), else its
+    # GGUF export (llama.cpp: fastest single impressions), else transformers
+    backend: str = "auto"
+    device: str = "cpu"  # cpu | cuda | auto
+    threads: int = 0  # CPU threads (0 = all cores)
+    preset: str = "greedy"  # decoding preset (greedy: deterministic; paper-demo: the paper's beam search)
+    max_new_tokens: int | None = None  # replaces the preset's max new tokens
+    # retrieved examples in each prompt (default: what the run trained with; 0 for a base model)
+    shots: int | None = None
+    similar: int = 3  # similar prior cases returned with each impression
+    # false (--no-repair): the model's text as generated — no removal of sentences stating findings the
+    # findings do not state, no adding of a stated critical/major finding it left out (consistency flags shown
+    # either way)
+    repair: bool = True
+    # JSONL of prior cases for retrieval (default: the run's own; for a base model the bundled OpenI
+    # train file)
+    cases: str | None = None
+    # prompt template (default: the run's own); with endpoint, the run folder whose adapter the endpoint
+    # serves (its template, instruction, shots, cases), or a template name
+    template: str | None = None
+    endpoint: str | None = None  # base URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1
+    endpoint_chat: bool = False  # use the endpoint's /chat/completions (general chat models)
+    input_format: Literal["auto", "txt", "jsonl", "csv"] = "auto"  # auto: by the file's suffix; stdin: txt
+    field: str | None = None  # JSONL field holding the findings (default: findings, inputs, input, text)
+    column: str | None = None  # CSV column holding the findings (default: findings)
+    id_field: str | None = None  # JSONL field / CSV column with the record id
+    out: str | None = None  # write JSONL here (default: stdout)
+    # auto: text for findings typed on a terminal, else JSONL
+    format: Literal["auto", "text", "jsonl"] = "auto"
+    with_findings: bool = False  # copy the findings into each output line
+    # findings per generation call (progress advances per call). The text does not depend on it: CTranslate2
+    # batches only prompts of equal token length, so larger calls find more of them (OpenI validate: 5.1
+    # impressions/s at 512, 4.0 at 128)
+    batch_size: int = 512
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="*", metavar="FINDINGS|FILE|-|key=value",
+                   help="findings text, a .txt (one per line) / .jsonl / .csv file, or - for stdin; items of the "
+                        "form key=value are config overrides, e.g. shots=3 batch_size=128")
+    p.add_argument("--config", help="YAML config (ImpressConfig keys, e.g. configs/impress-batch.yaml)")
+    flags = add_config_flags(p, ImpressConfig, flags={
+        "inputs": None, "backend": {"choices": list(BACKENDS)}, "preset": {"choices": sorted(PRESETS)},
+        "max_new_tokens": {"metavar": "N"}, "shots": {"metavar": "K"}, "similar": {"metavar": "N"},
+        "threads": {"metavar": "N"}, "batch_size": {"metavar": "N"}})
+    # a secret, not a setting: kept out of config files (which get copied and shared); env vars work too
     p.add_argument("--api-key", help="key for --endpoint (or env RADGPT_ENDPOINT_KEY / OPENAI_API_KEY)")
-    p.add_argument("--preset", default="greedy", choices=sorted(PRESETS), help="decoding preset (default greedy)")
-    p.add_argument("--max-new-tokens", type=int, help="override the preset's max new tokens")
-    p.add_argument("--shots", type=int, help="retrieved examples in each prompt (default: what the run trained with; "
-                   "0 for a base model)")
-    p.add_argument("--similar", type=int, default=3, help="similar prior cases returned with each impression")
-    p.add_argument("--no-repair", action="store_true",
-                   help="the model's text as generated: no removal of sentences stating findings the findings do "
-                        "not state, no adding of a stated critical/major finding it left out (flags still shown)")
-    p.add_argument("--cases", help="JSONL of prior cases for retrieval (default: the run's own; for a base model the "
-                   f"bundled {DEFAULT_CASES})")
-    p.add_argument("--template", help="prompt template (default: the run's own); with --endpoint, the run folder "
-                   "whose adapter the endpoint serves (its template, instruction, shots, cases), or a template name")
-    p.add_argument("--input-format", default="auto", choices=["auto", "txt", "jsonl", "csv"])
-    p.add_argument("--field", help="JSONL field holding the findings (default: findings, inputs, input, text)")
-    p.add_argument("--column", help="CSV column holding the findings (default: findings)")
-    p.add_argument("--id-field", help="JSONL field / CSV column with the record id")
-    p.add_argument("--out", help="write JSONL here (default: stdout)")
-    p.add_argument("--format", default="auto", choices=["auto", "text", "jsonl"],
-                   help="auto: text for findings typed on a terminal, JSONL otherwise")
-    p.add_argument("--with-findings", action="store_true", help="copy the findings into each output line")
-    p.add_argument("--batch-size", type=int, default=512,
-                   help="findings per generation call (progress advances per call). The text does not depend on it: "
-                        "CTranslate2 batches only prompts of equal token length, so larger calls find more of them "
-                        "(OpenI validate: 5.1 impressions/s at 512, 4.0 at 128)")
-    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = all cores)")
+    p.epilog = lambda: config_help(ImpressConfig(), flags=flags) + """
+
+examples:
+  radgpt impress --config configs/impress-batch.yaml --model runs/my-run     # flags override the YAML
+  radgpt impress reports.jsonl --preset paper-demo max_new_tokens=64         # key=value overrides all"""
+
+
+def resolve_config(args: argparse.Namespace) -> ImpressConfig:
+    """The settings of this call: defaults ← --config YAML ← flags ← key=value overrides, checked."""
+    inputs, overrides = split_overrides(args.inputs, ImpressConfig)
+    cfg = load_config(ImpressConfig, args.config, overrides, flags=flag_values(args))
+    if inputs:
+        cfg.inputs = inputs
+    if cfg.backend not in BACKENDS:
+        raise FatalError(f"backend '{cfg.backend}': choose from {', '.join(BACKENDS)}")
+    if cfg.preset not in PRESETS:
+        raise FatalError(f"preset '{cfg.preset}': choose from {', '.join(PRESETS)}")
+    if cfg.max_new_tokens is not None and cfg.max_new_tokens < 1:
+        raise FatalError("--max-new-tokens must be at least 1")
+    if cfg.similar < 0 or (cfg.shots is not None and cfg.shots < 0) or cfg.batch_size < 1:
+        raise FatalError("--similar and --shots must be >= 0, --batch-size >= 1")
+    return cfg
 
 
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    decoding = PRESETS[args.preset]
-    if args.max_new_tokens is not None:
-        if args.max_new_tokens < 1:
-            raise FatalError("--max-new-tokens must be at least 1")
-        decoding = replace(decoding, max_new_tokens=args.max_new_tokens)
-    if args.similar < 0 or (args.shots is not None and args.shots < 0) or args.batch_size < 1:
-        raise FatalError("--similar and --shots must be >= 0, --batch-size >= 1")
-    records = read_inputs(args.inputs, args.input_format, args.field, args.column, args.id_field)
+    cfg = resolve_config(args)
+    decoding = PRESETS[cfg.preset]
+    if cfg.max_new_tokens is not None:
+        decoding = replace(decoding, max_new_tokens=cfg.max_new_tokens)
+    records = read_inputs(cfg.inputs, cfg.input_format, cfg.field, cfg.column, cfg.id_field)
     err = lambda msg: print(msg, file=sys.stderr, flush=True)
     first = []  # read ahead until the first good record, so input errors show before the model loads
     for r in records:
         first.append(r)
-        if isinstance(r, Record):
+        if isinstance(r, FindingsInput):
             break
-    batch = not args.inputs or any(i == "-" or Path(i).is_file() for i in args.inputs)
-    model = load_model(args.model, backend=args.backend, device=args.device, endpoint=args.endpoint,
-                       endpoint_chat=args.endpoint_chat, api_key=args.api_key, cases=args.cases,
-                       template=args.template, shots=args.shots, threads=args.threads, batch=batch,
+    batch = not cfg.inputs or any(i == "-" or is_file(Path(i)) for i in cfg.inputs)
+    model = load_model(cfg.model, backend=cfg.backend, device=cfg.device, endpoint=cfg.endpoint,
+                       endpoint_chat=cfg.endpoint_chat, api_key=args.api_key, cases=cfg.cases,
+                       template=cfg.template, shots=cfg.shots, threads=cfg.threads, batch=batch,
                        log=lambda m: err(f"radgpt impress: {m}"))
-    text_mode = args.format == "text" or (args.format == "auto" and not args.out and sys.stdout.isatty()
-                                          and all(not Path(i).is_file() and i != "-" for i in args.inputs))
-    prov = {**model.provenance(), "preset": args.preset, "decoding": decoding.to_dict(),
-            "repair": bool(model.repair and not args.no_repair)}  # evaluate tells repaired from raw runs apart
-    out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+    text_mode = cfg.format == "text" or (cfg.format == "auto" and not cfg.out and sys.stdout.isatty()
+                                          and all(not is_file(Path(i)) and i != "-" for i in cfg.inputs))
+    prov = {**model.provenance(), "preset": cfg.preset, "decoding": decoding.to_dict(),
+            "repair": bool(model.repair and cfg.repair)}  # evaluate tells repaired from raw runs apart
+    out = open(cfg.out, "w", encoding="utf-8") if cfg.out else sys.stdout
     n_bad = n_done = 0
     bad_shown = 0
 
@@ -123,13 +169,13 @@ def run(args: argparse.Namespace) -> int:
             err(f"radgpt impress: {b.where}: {b.message}; skipped")
             bad_shown += 1
 
-    def flush(batch: list[Record], progress) -> None:
+    def flush(batch: list[FindingsInput], progress) -> None:
         nonlocal n_done
         if not batch:
             return
         t0 = time.perf_counter()
-        results = model.impress([r.findings for r in batch], decoding, similar=args.similar,
-                                repair=False if args.no_repair else None)
+        results = model.impress([r.findings for r in batch], decoding, similar=cfg.similar,
+                                repair=None if cfg.repair else False)
         per = (time.perf_counter() - t0) * 1000 / len(batch)
         now = datetime.now(UTC).isoformat(timespec="seconds")
         for r, res in zip(batch, results):
@@ -146,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
                         out.write(f"  [{c.id}] ({c.score:.2f}) {c.impression}\n")
                 continue
             rec = {"id": r.id, "impression": res.impression}
-            if args.with_findings:
+            if cfg.with_findings:
                 rec["findings"] = r.findings
             rec.update({"similar_cases": [{"id": c.id, "score": round(c.score, 4), "impression": c.impression}
                                           for c in res.similar_cases],
@@ -169,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
                   TextColumn("{task.fields[rate]}"), console=console, transient=True,
                   disable=not sys.stderr.isatty()) as progress:
         progress.add_task("impress", total=None, rate="")
-        batch: list[Record] = []
+        batch: list[FindingsInput] = []
         import itertools
 
         for r in itertools.chain(first, records):
@@ -177,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
                 report_bad(r)
                 continue
             batch.append(r)
-            if len(batch) >= args.batch_size:
+            if len(batch) >= cfg.batch_size:
                 flush(batch, progress)
                 batch = []
                 rate = n_done / max(time.perf_counter() - t_start, 1e-9)
@@ -190,8 +236,8 @@ def run(args: argparse.Namespace) -> int:
         err(f"radgpt impress: ... and {n_bad - bad_shown} more bad lines")
     if n_done == 0 and n_bad:
         raise FatalError(f"no usable findings ({n_bad} bad line(s))")
-    if n_done > 1 or args.out or n_bad:
+    if n_done > 1 or cfg.out or n_bad:
         err(f"radgpt impress: {n_done} impressions in {secs:.1f} s ({n_done / max(secs, 1e-9):.1f}/s)"
-            + (f", {n_bad} bad line(s) skipped" if n_bad else "") + (f" → {args.out}" if args.out else ""))
+            + (f", {n_bad} bad line(s) skipped" if n_bad else "") + (f" → {cfg.out}" if cfg.out else ""))
     model.close()
     return 1 if n_bad else 0

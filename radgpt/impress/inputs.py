@@ -1,20 +1,30 @@
-"""Findings to impress, from arguments, stdin, text/JSONL/CSV files: `Record`s, or `Bad` lines named by file:line."""
+"""Findings to impress, from arguments, stdin, text/JSONL/CSV files: `FindingsInput`s, or `Bad` lines named
+by file:line. A batch goes on past a bad line (the caller counts and reports them); the reading itself and
+the accepted field names are radgpt.common.inputs's, shared with evaluate, study and retrieval."""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from radgpt.common.errors import FatalError
+from radgpt.common.inputs import (
+    FINDINGS_FIELDS,
+    ID_FIELDS,
+    BadLine,
+    csv_rows,
+    decode_line,
+    first_field,
+    json_lines,
+)
 
 
 @dataclass
-class Record:
+class FindingsInput:
+    """One findings text to impress (not a prepared report: that is radgpt.prepare.records.Record)."""
+
     id: str
     findings: str
     where: str  # file:line, for messages
@@ -26,44 +36,32 @@ class Bad:
     message: str
 
 
-FINDINGS_FIELDS = ("findings", "inputs", "input", "text")
-ID_FIELDS = ("id", "idx", "uid", "study_id")
+def _bad(b: BadLine) -> Bad:
+    return Bad(b.where, b.reason)
 
 
-def _decode(raw: bytes, where: str) -> str | Bad:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        return Bad(where, f"not UTF-8 text (byte {e.start})")
-
-
-def read_lines(stream, label: str) -> Iterator[Record | Bad]:
+def read_lines(stream, label: str) -> Iterator[FindingsInput | Bad]:
+    offset = 0
     for n, raw in enumerate(stream, 1):
-        text = _decode(raw.rstrip(b"\r\n"), f"{label}:{n}")
-        if isinstance(text, Bad):
-            yield text
-        elif text.strip():
-            yield Record(f"{Path(label).name}:{n}", text.strip(), f"{label}:{n}")
+        text = decode_line(raw.rstrip(b"\r\n"), f"{label}:{n}", offset)
+        offset += len(raw)
+        if isinstance(text, BadLine):
+            yield _bad(text)
+            continue
+        if n == 1:
+            text = text.removeprefix("\ufeff")  # the byte-order mark Windows editors put first
+        if text.strip():
+            yield FindingsInput(f"{Path(label).name}:{n}", text.strip(), f"{label}:{n}")
 
 
-def read_jsonl(stream, label: str, field: str | None, id_field: str | None) -> Iterator[Record | Bad]:
-    for n, raw in enumerate(stream, 1):
+def read_jsonl(stream, label: str, field: str | None, id_field: str | None) -> Iterator[FindingsInput | Bad]:
+    for item in json_lines(stream, label):
+        if isinstance(item, BadLine):
+            yield _bad(item)
+            continue
+        n, obj = item
         where = f"{label}:{n}"
-        text = _decode(raw, where)
-        if isinstance(text, Bad):
-            yield text
-            continue
-        if not text.strip():
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as e:
-            yield Bad(where, f"invalid JSON ({e.msg})")
-            continue
-        if not isinstance(obj, dict):
-            yield Bad(where, "expected a JSON object")
-            continue
-        f = field or next((k for k in FINDINGS_FIELDS if k in obj), None)
+        f = field or first_field(obj, FINDINGS_FIELDS)
         if f is None or f not in obj:
             yield Bad(where, f"no findings field ({field or ', '.join(FINDINGS_FIELDS)}); name it with --field")
             continue
@@ -74,40 +72,47 @@ def read_jsonl(stream, label: str, field: str | None, id_field: str | None) -> I
         if not value.strip():
             yield Bad(where, "empty findings")
             continue
-        idf = id_field or next((k for k in ID_FIELDS if k in obj), None)
+        idf = id_field or first_field(obj, ID_FIELDS)
         rid = str(obj[idf]) if idf and obj.get(idf) is not None else f"{Path(label).name}:{n}"
-        yield Record(rid, value.strip(), where)
+        yield FindingsInput(rid, value.strip(), where)
 
 
-def read_csv(path: Path, column: str | None, id_field: str | None) -> Iterator[Record | Bad]:
-    raw = path.read_bytes()
-    text = raw.decode("utf-8-sig", errors="surrogateescape")
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    cols = reader.fieldnames or []
-    col = column or next((c for c in ("findings", "inputs", "input", "text") if c in cols), None)
+def read_csv(path: Path, column: str | None, id_field: str | None) -> Iterator[FindingsInput | Bad]:
+    cols, rows = csv_rows(path, "findings file")
+    col = column or first_field(cols, FINDINGS_FIELDS)
     if col is None or col not in cols:
         raise FatalError(f"{path}: no column '{column or 'findings'}' (columns: {', '.join(cols) or 'none'}); "
                          "name it with --column")
-    idc = id_field or next((c for c in ("id", "uid", "idx", "study_id") if c in cols), None)
-    for row in reader:
-        where = f"{path}:{reader.line_num}"
+    idc = id_field or first_field(cols, ID_FIELDS)
+    for item in rows:
+        if isinstance(item, BadLine):
+            yield _bad(item)
+            continue
+        n, row = item
+        where = f"{path}:{n}"
         value = row.get(col)
         if value is None:
             yield Bad(where, f"row has no '{col}' value")
-            continue
-        if any("\udc80" <= ch <= "\udcff" for ch in value):
-            yield Bad(where, "not UTF-8 text")
             continue
         if not value.strip():
             yield Bad(where, "empty findings")
             continue
         rid = row.get(idc) if idc else None
-        yield Record(str(rid) if rid else f"{path.name}:{reader.line_num}", value.strip(), where)
+        yield FindingsInput(str(rid) if rid else f"{path.name}:{n}", value.strip(), where)
+
+
+def is_file(path: Path) -> bool:
+    """Path.is_file() that is False, not an OSError, for text no file system takes as a name (findings typed
+    as an argument are often longer than the 255-byte name limit)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def read_inputs(inputs: list[str], fmt: str, field: str | None, column: str | None, id_field: str | None
-                ) -> Iterator[Record | Bad]:
-    """Records from the positional inputs: files (txt/jsonl/csv by extension or --input-format), '-' for
+                ) -> Iterator[FindingsInput | Bad]:
+    """Findings from the positional inputs: files (txt/jsonl/csv by extension or --input-format), '-' for
     stdin (one findings per line, or JSONL with --input-format jsonl), or the findings text itself."""
     if not inputs:
         if sys.stdin is None or sys.stdin.isatty():
@@ -120,7 +125,7 @@ def read_inputs(inputs: list[str], fmt: str, field: str | None, column: str | No
             stream = sys.stdin.buffer
             yield from (read_jsonl(stream, "<stdin>", field, id_field) if kind == "jsonl"
                         else read_lines(stream, "<stdin>"))
-        elif p.is_file():
+        elif is_file(p):
             kind = fmt if fmt != "auto" else {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl",
                                               ".csv": "csv"}.get(p.suffix.lower(), "txt")
             if kind == "csv":
@@ -133,6 +138,6 @@ def read_inputs(inputs: list[str], fmt: str, field: str | None, column: str | No
         elif not item.strip():
             yield Bad(f"argument {n}", "empty findings")
         else:
-            yield Record(f"arg{n}", item.strip(), f"argument {n}")
+            yield FindingsInput(f"arg{n}", item.strip(), f"argument {n}")
 
 

@@ -52,7 +52,7 @@ def _no_cases(folder: Path, k: int) -> FatalError:
 def load_model(spec: str | None = None, backend: str = "auto", device: str = "cpu", endpoint: str | None = None,
                endpoint_chat: bool = False, api_key: str | None = None, cases: str | None = None,
                template: str | None = None, instruction: str | None = None, shots: int | None = None,
-               threads: int = 0, dtype: str = "fp32", batch: bool = False, log=None) -> ImpressionModel:
+               threads: int = 0, dtype: str | None = None, batch: bool = False, log=None) -> ImpressionModel:
     """The model named by `spec` (see the module docstring), ready to impress."""
     from radgpt.prepare.tasks import PAPER_INSTRUCTION
     from radgpt.runs.prompts import PromptTemplate
@@ -139,7 +139,7 @@ def _engine(folder: Path, gguf: bool, device: str, threads: int, batch: bool):
 
 
 def _load_base(spec: str, backend: str, device: str, cases: str | None, template: str | None, instruction: str,
-               shots: int, threads: int, dtype: str, batch: bool, log) -> BaseLMModel:
+               shots: int, threads: int, dtype: str | None, batch: bool, log) -> BaseLMModel:
     """A base model (radgpt.runs.base_models.is_base_spec) on the backend asked for. auto: its CTranslate2 copy when
     `--backend ct2` made one, else transformers. ct2 / llama.cpp make that copy once (radgpt.runs.base_models.base_engine)."""
     from radgpt.impress.backends.transformers import TransformersBackend

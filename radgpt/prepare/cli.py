@@ -91,7 +91,7 @@ class FilterConfig:
 @dataclass
 class PrepareConfig:
     inputs: list[str] = field(default_factory=list)
-    out: str = "out/prepared"
+    out: str = "out/prepared"  # output folder; on the command line --out DIR (out=DIR is the same setting)
     source: str = "auto"  # auto | mimic | openi-xml | iu-csv | table | text
     phi_token: str = DEFAULT_PHI_TOKEN  # every PHI placeholder (___, XXXX, ____) becomes this
     columns: ColumnMap = field(default_factory=ColumnMap)
@@ -521,7 +521,8 @@ a table with no patient column stops unless split.by=report."""
     p.add_argument("inputs", nargs="*", metavar="PATH|key=value",
                    help="report files or folders (MIMIC tree/zip, OpenI XML/tgz, CSV/TSV, Excel .xlsx, JSONL, .txt); "
                         "items of the form key=value are config overrides, e.g. split.seed=7 columns.text=ReportText")
-    p.add_argument("--out", help="output folder (default out/prepared)")
+    p.add_argument("--out", help="output folder (default out/prepared; out=DIR and the YAML's out: are the "
+                                 "same setting, and --out wins over the YAML)")
     p.add_argument("--force", action="store_true", help="replace what an earlier prepare wrote into --out")
     p.add_argument("--for-inference", action="store_true",
                    help="findings only (impression not needed), no split: writes for_inference.jsonl for "
@@ -542,6 +543,11 @@ def run(args: argparse.Namespace) -> int:
     if inputs:
         cfg.inputs = inputs
     if args.out:
+        # --out is the documented spelling; out=DIR is the config key, accepted too, but the two must not
+        # name different folders (which one would win is not something to guess about an output folder)
+        if any(o.split("=", 1)[0].strip() == "out" for o in overrides) and Path(cfg.out) != Path(args.out):
+            raise FatalError(f"--out {args.out} and out={cfg.out} name different output folders; give it "
+                             "once, as --out DIR")
         cfg.out = args.out
     if args.source:
         cfg.source = args.source

@@ -13,7 +13,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import warnings
 from pathlib import Path
 
 from radgpt.common.errors import FatalError

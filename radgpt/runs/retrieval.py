@@ -118,8 +118,7 @@ class CaseIndex:
         path = Path(folder) / CASES_FILE
         if not path.exists():
             return None
-        cases = [Case(**json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return cls(cases, match)
+        return cls(load_cases(path), match)  # the one case reader (lines split at \n only: save writes U+2028 raw)
 
 
 class _TfidfQuery:
@@ -199,23 +198,31 @@ class _TfidfQuery:
 
 
 def load_cases(path: str | Path):
-    """(id, findings, impression) cases from JSONL: radgpt's {id, findings, impression} or clin-summ's
-    {idx, inputs, target}."""
-    path = Path(path)
-    if not path.is_file():
-        raise FatalError(f"{path}: cases file not found")
+    """(id, findings, impression) cases from JSONL, with the field names every radgpt reader accepts
+    (radgpt.common.inputs: radgpt's {id, findings, impression}, clin-summ's {idx, inputs, target}, uid,
+    study_id, ...), looked up line by line; a bad line is a FatalError naming file:line and counting the others."""
+    from radgpt.common.errors import FatalError
+    from radgpt.common.inputs import (
+        FINDINGS_FIELDS,
+        ID_FIELDS,
+        IMPRESSION_FIELDS,
+        first_field,
+        read_json_objects,
+    )
+
     cases = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            r = json.loads(line)
-            cid = next(str(r[k]) for k in ("id", "idx", "uid") if k in r)
-            f = next(r[k] for k in ("findings", "inputs", "input") if k in r)
-            i = next(r[k] for k in ("impression", "target", "output") if k in r)
-        except (json.JSONDecodeError, StopIteration, TypeError):
-            raise FatalError(f"{path}:{n}: expected a JSON object with id, findings and impression") from None
-        cases.append(Case(cid, f, i))
+    for n, r in read_json_objects(path, "cases file"):
+        fields = [first_field(r, names) for names in (ID_FIELDS, FINDINGS_FIELDS, IMPRESSION_FIELDS)]
+        missing = [what for what, f in zip(("id", "findings", "impression"), fields) if f is None]
+        if missing:
+            raise FatalError(f"{path}:{n}: no {' or '.join(missing)} field; a case needs an id "
+                             f"({', '.join(ID_FIELDS)}), findings ({', '.join(FINDINGS_FIELDS)}) and an impression "
+                             f"({', '.join(IMPRESSION_FIELDS)}) (fields: {', '.join(r) or 'none'})")
+        cid, f, i = (r[k] for k in fields)
+        for k, value in zip(fields[1:], (f, i)):
+            if not isinstance(value, str):
+                raise FatalError(f"{path}:{n}: field '{k}' must be text, got {type(value).__name__}")
+        cases.append(Case(str(cid), f, i))
     if not cases:
         raise FatalError(f"{path}: no cases")
     return cases

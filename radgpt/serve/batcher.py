@@ -13,6 +13,11 @@ it wraps; settling that future again raised InvalidStateError and killed the thr
 model, while /health said ok). The loop runs under a supervisor that fails the batch in hand, logs, and
 starts again; `health()` reports liveness, restarts and the age of the oldest waiting job, and `close()`
 never blocks.
+
+How a job fails says whose fault it was (the server maps each to its HTTP status): `RequestRefused` — the
+engine refused this request (a FatalError: a prompt over its context, a decoding it cannot do); 400.
+`GenerationFailed` — the engine raised while generating; 502. `WorkerUnavailable` — no worker will run it
+(shutting down, or the worker thread is gone); 503.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field, replace
 
+from radgpt.common.errors import FatalError
 from radgpt.runs.decoding import Decoding
 
 
@@ -33,7 +39,19 @@ class QueueFull(Exception):
 
 
 class WorkerError(Exception):
-    """The engine failed on a batch; the message is safe to show (no request text)."""
+    """A job that did not produce a generation; the message is safe to show (no request text)."""
+
+
+class RequestRefused(WorkerError):
+    """The engine refused the request itself (its FatalError: e.g. prompt + max_tokens over its context)."""
+
+
+class GenerationFailed(WorkerError):
+    """The engine raised while generating a batch (out of memory, a backend bug): not the request's fault."""
+
+
+class WorkerUnavailable(WorkerError):
+    """No worker will run the job: the server is shutting down or the worker thread is gone."""
 
 
 @dataclass(eq=False)
@@ -88,7 +106,9 @@ class Batcher:
     # ---- client side ------------------------------------------------------------------------------------
     def submit(self, job: Job) -> Future:
         if self._closing.is_set():
-            raise QueueFull()
+            raise WorkerUnavailable("the server is shutting down")
+        if not self.thread.is_alive():
+            raise WorkerUnavailable("the model's worker is not running")
         try:
             self.q.put_nowait(job)
         except queue.Full:
@@ -121,7 +141,7 @@ class Batcher:
             except queue.Empty:
                 break
             if job is not None:
-                _settle(job.future, exc=WorkerError("the server is shutting down"))
+                _settle(job.future, exc=WorkerUnavailable("the server is shutting down"))
         for j in self._in_hand:
             j.cancelled = True  # the engine's should_stop ends the batch at the next token
         self.thread.join(timeout)
@@ -136,7 +156,7 @@ class Batcher:
                 self.last_error = type(e).__name__
                 self.log(f"batch worker failed ({type(e).__name__}); restarted (restart #{self.restarts})")
                 for j in self._in_hand:
-                    _settle(j.future, exc=WorkerError("generation failed"))
+                    _settle(j.future, exc=GenerationFailed("generation failed in the engine"))
             finally:
                 self._in_hand, self.busy_since = [], None
 
@@ -190,7 +210,10 @@ class Batcher:
     def _run(self, jobs: list[Job]) -> None:
         decoding = replace(jobs[0].decoding, max_new_tokens=max(j.max_tokens for j in jobs))
 
+        streamed = [False]
+
         def on_delta(i: int, text: str) -> None:
+            streamed[0] = True
             cb = jobs[i].on_delta
             if cb is not None and not jobs[i].expired():
                 try:
@@ -202,11 +225,19 @@ class Batcher:
             gens = self.model.generate([j.prompt for j in jobs], decoding, max_tokens=[j.max_tokens for j in jobs],
                                        on_delta=on_delta, should_stop=lambda i: jobs[i].expired(),
                                        stops=[j.stops for j in jobs])
+        except FatalError as e:  # the engine refuses a request (its words are for the user: no request text)
+            if len(jobs) > 1 and not streamed[0]:
+                for j in jobs:  # refuse only the row it was about: each alone (nothing was streamed yet)
+                    self._run([j])
+                return
+            for j in jobs:
+                _settle(j.future, exc=RequestRefused(str(e)))
+            return
         except Exception as e:  # noqa: BLE001 — a failed batch fails its requests, not the worker
             self.last_error = type(e).__name__
             self.log(f"generation failed for a batch of {len(jobs)} ({type(e).__name__})")
             for j in jobs:
-                _settle(j.future, exc=WorkerError("generation failed"))
+                _settle(j.future, exc=GenerationFailed("generation failed in the engine"))
             return
         self.batches += 1
         self.rows += len(jobs)

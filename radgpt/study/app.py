@@ -37,7 +37,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from radgpt.common.errors import FatalError
-from radgpt.common.net import SameOrigin, SecurityHeaders, declares_json
+from radgpt.common.net import NO_FASTAPI_TELEMETRY, SameOrigin, SecurityHeaders, declares_json
 from radgpt.study import auth, throttle
 from radgpt.study.create import Fields, assign_all_readers, create_study
 from radgpt.study.criteria import CRITERIA, NAMES, PREFERENCES, SCALE
@@ -155,10 +155,8 @@ def create_app(db: str, session_hours: float = 12.0, allowed_hosts: list[str] | 
     engine, Session = open_db(db, create=True, sqlite_sync=sqlite_sync)
     # FastAPI's built-in OpenTelemetry would record request data (validation errors included) if a
     # global provider or OTEL_* environment exporters were set: report text never leaves this process.
-    no_telemetry = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False,
-                    "auto_configure": False}
     app = FastAPI(title="radgpt reader study", docs_url=None, redoc_url=None, openapi_url=None,
-                  telemetry=no_telemetry)
+                  telemetry=NO_FASTAPI_TELEMETRY)
     app.state.engine, app.state.Session = engine, Session
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")

@@ -1,9 +1,12 @@
 """Build a study: read references and N prediction files, pick cases, blind models, plan each reader's order.
 
-Input formats (JSON Lines, one record per line; field names can be overridden):
-  references   radgpt records  {"id", "findings", "impression"}    ("indication" shown to readers if present)
-               or clin-summ    {"idx", "inputs", "target"}          (detected from the first record)
-  predictions  {"id", "impression"}  ("idx"; "prediction", "output", "generated", "text" also accepted)
+Input formats (JSON Lines, one record per line; field names can be overridden): the names every radgpt
+reader accepts (radgpt.common.inputs), detected from the first record, so a file `evaluate` reads, this reads:
+  references   id: id, idx, uid, study_id; findings: findings, inputs, input, text; impression: impression,
+               target, output, reference; indication (shown to readers if present): indication, history,
+               clinical_history. radgpt records {"id", "findings", "impression"}, clin-summ {"idx", "inputs", "target"}
+  predictions  id as above; impression: impression, prediction, output, generated, text
+A bad line (not UTF-8, not JSON, not an object) stops `create`, named by file:line, with the others counted.
 
 Randomness has two sources, on purpose: *which* cases, the blinding codes, the order candidates are
 stored in and every reader's case and candidate order follow the study seed (reproducible, auditable once
@@ -14,6 +17,7 @@ one, since anyone who knows it can recompute which model wrote each candidate on
 
 from __future__ import annotations
 
+import io
 import random
 import secrets
 from dataclasses import dataclass
@@ -23,11 +27,18 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from radgpt.common.errors import FatalError
-from radgpt.common.inputs import json_objects
+from radgpt.common.inputs import (
+    FINDINGS_FIELDS,
+    ID_FIELDS,
+    IMPRESSION_FIELDS,
+    INDICATION_FIELDS,
+    PREDICTION_FIELDS,
+    json_objects,
+    pick_field,
+)
 from radgpt.study.db import Assignment, Candidate, Case, Slot, Study, System, User
 
 REFERENCE_NAME = "reference"
-INDICATION_FIELDS = ("indication", "history", "clinical_history")
 
 
 def same_text(text: str) -> str:
@@ -48,38 +59,28 @@ class Fields:
     ref_indication: str | None = None  # None = "indication" (or "history") when the records have it, else none
 
 
-def read_jsonl(name: str, text: str) -> list[dict]:
-    rows = [row for _, row in json_objects(text.splitlines(), name)]
+def read_jsonl(name: str, text: str | bytes) -> list[tuple[int, dict]]:
+    """(line number, record) of each non-blank line. Given as bytes, a line that is not UTF-8 is named by its
+    byte offset; given as text, the caller has decoded the file."""
+    rows = json_objects(io.BytesIO(text) if isinstance(text, bytes) else text, name)
     if not rows:
         raise FatalError(f"{name}: no records")
     return rows
 
 
-def _pick(name: str, row: dict, given: str | None, options: tuple[str, ...], what: str) -> str:
-    if given:
-        if given not in row:
-            raise FatalError(f"{name}: field '{given}' ({what}) not in the first record (has {sorted(row)})")
-        return given
-    for option in options:
-        if option in row:
-            return option
-    raise FatalError(
-        f"{name}: cannot find the {what} field (tried {', '.join(options)}; record has {sorted(row)}); "
-        f"name it with the matching --*-field option"
-    )
-
-
-def storable(name: str, n: int, field: str, value) -> str:
+def storable(name: str, n: int, field: str, value, line: int | None = None) -> str:
     """`value` as text a database can store: NUL (which PostgreSQL text cannot hold) and lone surrogate
-    escapes such as \\ud800 (not Unicode text) are refused, naming the record, on SQLite as on PostgreSQL."""
+    escapes such as \\ud800 (not Unicode text) are refused, naming the record (and its line), on SQLite as on
+    PostgreSQL."""
     text = "" if value is None else str(value)
+    on = f" on line {line}" if line is not None else ""
     if "\x00" in text:
-        raise FatalError(f"{name}: record {n}: '{field}' holds a NUL character (\\u0000), which the study "
+        raise FatalError(f"{name}: record {n}: '{field}' holds a NUL character (\\u0000){on}, which the study "
                          f"database cannot store; remove it")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise FatalError(f"{name}: record {n}: '{field}' holds a lone surrogate escape (such as \\ud800), "
+        raise FatalError(f"{name}: record {n}: '{field}' holds a lone surrogate escape (such as \\ud800){on}, "
                          f"which is not Unicode text") from None
     return text
 
@@ -101,49 +102,52 @@ def _stratum_value(name: str, value) -> str:
     raise FatalError(f"{name}: stratum value {value!r} is not normal/abnormal (or 0/1)")
 
 
-def load_references(name: str, text: str, fields: Fields) -> dict[str, dict]:
+def load_references(name: str, text: str | bytes, fields: Fields) -> dict[str, dict]:
     rows = read_jsonl(name, text)
-    first = rows[0]
-    fid = _pick(name, first, fields.ref_id, ("id", "idx"), "case id")
-    ffind = _pick(name, first, fields.ref_findings, ("findings", "inputs"), "findings")
-    fimp = _pick(name, first, fields.ref_impression, ("impression", "target"), "reference impression")
-    if fields.ref_indication and fields.ref_indication not in first:
-        raise FatalError(f"{name}: field '{fields.ref_indication}' (indication) not in the first record "
-                         f"(has {sorted(first)})")
-    find = fields.ref_indication or next((f for f in INDICATION_FIELDS if f in first), None)
+    line0, first = rows[0]
+    where = f"{name}:{line0}"
+    fid = pick_field(where, first, fields.ref_id, ID_FIELDS, "case id")
+    ffind = pick_field(where, first, fields.ref_findings, FINDINGS_FIELDS, "findings")
+    fimp = pick_field(where, first, fields.ref_impression, IMPRESSION_FIELDS, "reference impression")
+    find = pick_field(where, first, fields.ref_indication, INDICATION_FIELDS, "indication", required=False)
     out: dict[str, dict] = {}
-    for n, row in enumerate(rows, 1):
+    seen: dict[str, int] = {}
+    for n, (line, row) in enumerate(rows, 1):
         missing = [f for f in (fid, ffind, fimp) if f not in row]
         if missing:
-            raise FatalError(f"{name}: record {n} lacks {', '.join(missing)}")
-        key = storable(name, n, fid, row[fid])
+            raise FatalError(f"{name}:{line}: record {n} lacks {', '.join(missing)}")
+        key = storable(name, n, fid, row[fid], line)
         if key in out:
-            raise FatalError(f"{name}: case id {key} appears twice")
+            raise FatalError(f"{name}:{line}: case id {key} appears twice (first on line {seen[key]})")
+        seen[key] = line
         if fields.stratum:
             if fields.stratum not in row:
-                raise FatalError(f"{name}: record {n} lacks the stratum field '{fields.stratum}'")
-            stratum = _stratum_value(name, row[fields.stratum])
+                raise FatalError(f"{name}:{line}: record {n} lacks the stratum field '{fields.stratum}'")
+            stratum = _stratum_value(f"{name}:{line}", row[fields.stratum])
         else:
             stratum = guess_stratum(str(row[fimp]))
-        out[key] = {"findings": storable(name, n, ffind, row[ffind]), "reference": storable(name, n, fimp, row[fimp]),
-                    "stratum": stratum, "indication": storable(name, n, find, row.get(find) if find else None).strip()}
+        out[key] = {"findings": storable(name, n, ffind, row[ffind], line),
+                    "reference": storable(name, n, fimp, row[fimp], line), "stratum": stratum,
+                    "indication": storable(name, n, find, row.get(find) if find else None, line).strip()}
     return out
 
 
-def load_predictions(name: str, text: str, fields: Fields) -> dict[str, str]:
+def load_predictions(name: str, text: str | bytes, fields: Fields) -> dict[str, str]:
     rows = read_jsonl(name, text)
-    fid = _pick(name, rows[0], fields.pred_id, ("id", "idx"), "case id")
+    where = f"{name}:{rows[0][0]}"
+    fid = pick_field(where, rows[0][1], fields.pred_id, ID_FIELDS, "case id")
     # the same names `radgpt evaluate` accepts, so one predictions file serves both
-    fimp = _pick(name, rows[0], fields.pred_impression, ("impression", "prediction", "output", "generated", "text"),
-                 "predicted impression")
+    fimp = pick_field(where, rows[0][1], fields.pred_impression, PREDICTION_FIELDS, "predicted impression")
     out: dict[str, str] = {}
-    for n, row in enumerate(rows, 1):
+    seen: dict[str, int] = {}
+    for n, (line, row) in enumerate(rows, 1):
         if fid not in row or fimp not in row:
-            raise FatalError(f"{name}: record {n} lacks '{fid}' or '{fimp}'")
+            raise FatalError(f"{name}:{line}: record {n} lacks '{fid}' or '{fimp}'")
         key = str(row[fid])
         if key in out:
-            raise FatalError(f"{name}: case id {key} appears twice")
-        out[key] = storable(name, n, fimp, row[fimp])
+            raise FatalError(f"{name}:{line}: case id {key} appears twice (first on line {seen[key]})")
+        seen[key] = line
+        out[key] = storable(name, n, fimp, row[fimp], line)
     return out
 
 
@@ -239,7 +243,8 @@ def create_study(
     intersect: bool = False,
     name: str = "Reader study",
 ) -> dict:
-    """references = (file name, text); predictions = [(model name, file name, text)]. Returns a summary.
+    """references = (file name, text); predictions = [(model name, file name, text)]; a text given as bytes
+    (the file as read) lets a line that is not UTF-8 be named by its byte offset. Returns a summary.
     `seed` None draws a secret one (the admin sees it on the key page and in `analyze`); a chosen seed
     makes the study reproducible but only as blind as the seed is secret."""
     fields = fields or Fields()

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import json
 import random
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
-
+from radgpt.common.net import free_port, wait_until_healthy  # noqa: F401 — free_port: used from here by tests
 from radgpt.study import auth
 from radgpt.study.create import create_study
 from radgpt.study.db import open_db
@@ -84,28 +81,13 @@ def make_study(db: str, workdir: Path, readers: list[str], password: str, admin:
     return summary
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(db: str, port: int, *extra: str, timeout: float = 30) -> subprocess.Popen:
     """`radgpt study serve` as a subprocess (stdout discarded); returns once /health answers."""
     repo = Path(__file__).resolve().parents[2]
     proc = subprocess.Popen([sys.executable, "-m", "radgpt", "study", "serve", "--db", db, "--port", str(port),
                              *extra], cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
-                return proc
-        except httpx.HTTPError:
-            if proc.poll() is not None:
-                break
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"study server did not start: {proc.stderr.read().decode()[-2000:]}")
+    wait_until_healthy(f"http://127.0.0.1:{port}", timeout, proc, interval=0.1)  # ServerDidNotStart: a RuntimeError
+    return proc
 
 
 if __name__ == "__main__":
