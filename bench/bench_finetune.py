@@ -30,12 +30,12 @@ def _examples(cfg, n):
     from radgpt.finetune.data import attach_retrieval, read_examples, tokenize
     from radgpt.runs.base_models import load_tokenizer
     from radgpt.runs.prompts import PromptTemplate
-    from radgpt.runs.retrieval import Case, CaseIndex
+    from radgpt.runs.retrieval import CaseIndex, PriorCase
 
     tok = load_tokenizer(cfg.model.base)
     train = read_examples(ROOT / cfg.data.train)
     if cfg.data.retrieval_k:
-        index = CaseIndex([Case(e.id, e.input, e.output) for e in train])
+        index = CaseIndex([PriorCase(e.id, e.input, e.output) for e in train])
         attach_retrieval(train, index, cfg.data.retrieval_k, exclude_self=True)
     items, _ = tokenize(train[:n], tok, PromptTemplate.load(cfg.data.template), cfg.data.cutoff_len)
     return tok, train[:n], items

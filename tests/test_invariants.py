@@ -14,7 +14,7 @@ from radgpt.finetune import data
 from radgpt.finetune.data import IGNORE
 from radgpt.finetune.train import finetune
 from radgpt.runs.config import FinetuneConfig
-from radgpt.runs.retrieval import Case, CaseIndex
+from radgpt.runs.retrieval import CaseIndex, PriorCase
 
 TRAIN = Path(__file__).resolve().parents[1] / "data/openi/clin-summ/train.jsonl"
 
@@ -102,6 +102,6 @@ def test_no_training_case_is_retrieved_as_its_own_example(training_data):
         assert len(e.shots) == 3
         assert e.input not in [findings for findings, _ in e.shots], f"case {e.id} retrieved itself"
     # the exclusion is doing work: without it, each case's nearest neighbour in the index is itself
-    index = CaseIndex([Case(str(r["idx"]), r["inputs"], r["target"]) for r in rows])
+    index = CaseIndex([PriorCase(str(r["idx"]), r["inputs"], r["target"]) for r in rows])
     nearest = index.search_many([r["inputs"] for r in rows], 1)
     assert [hits[0][0].id for hits in nearest] == [str(r["idx"]) for r in rows]

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from radgpt.runs.retrieval import Case, CaseIndex, _TfidfQuery
+from radgpt.runs.retrieval import CaseIndex, PriorCase, _TfidfQuery
 from tests.conftest import REPO
 
 VALIDATE = REPO / "data/openi/clin-summ/validate.jsonl"
@@ -17,7 +17,7 @@ TRAIN = REPO / "data/openi/clin-summ/train.jsonl"
 
 def _pairs(path, n=None):
     rows = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
-    return [Case(str(r["idx"]), r["inputs"], r["target"]) for r in rows[:n]]
+    return [PriorCase(str(r["idx"]), r["inputs"], r["target"]) for r in rows[:n]]
 
 
 @pytest.fixture(autouse=True)
@@ -48,9 +48,9 @@ def test_cached_index_gives_the_same_neighbours_and_needs_no_sklearn(tmp_path):
                                                                           for h in again]
     assert list((tmp_path / "cache" / "retrieval").glob("tfidf-*.npz"))
     # a new process loading the cached index does not import scikit-learn
-    code = ("import json, sys; from radgpt.runs.retrieval import Case, CaseIndex; "
+    code = ("import json, sys; from radgpt.runs.retrieval import PriorCase, CaseIndex; "
             f"rows=[json.loads(x) for x in open({str(TRAIN)!r})]; "
-            "idx=CaseIndex([Case(str(r['idx']), r['inputs'], r['target']) for r in rows], 'consistent'); "
+            "idx=CaseIndex([PriorCase(str(r['idx']), r['inputs'], r['target']) for r in rows], 'consistent'); "
             "idx.search('Small left pleural effusion.', 3); print('sklearn' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True,
                          env={"RADGPT_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
@@ -69,9 +69,9 @@ def test_a_damaged_cache_entry_is_rebuilt(tmp_path):
 def test_saved_cases_with_unicode_line_separators_load_back(tmp_path):
     """save() writes ensure_ascii=False, so U+2028 / U+0085 inside a report stay raw in the file; load() must
     split at newlines only (str.splitlines() would cut such a case in two and fail)."""
-    from radgpt.runs.retrieval import Case, CaseIndex
+    from radgpt.runs.retrieval import CaseIndex, PriorCase
 
-    cases = [Case("a", "Heart size normal.\u2028Lungs clear.", "No acute\u0085disease."), Case("b", "Effusion.", "Effusion.")]
+    cases = [PriorCase("a", "Heart size normal.\u2028Lungs clear.", "No acute\u0085disease."), PriorCase("b", "Effusion.", "Effusion.")]
     CaseIndex(cases).save(tmp_path)
     loaded = CaseIndex.load(tmp_path)
     assert [(c.id, c.findings, c.impression) for c in loaded.cases] == [(c.id, c.findings, c.impression) for c in cases]

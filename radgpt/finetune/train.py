@@ -509,7 +509,7 @@ def _finetune(cfg: FinetuneConfig, run: Path, resume: bool, log, progress: dict)
     )
     from radgpt.runs.base_models import load_tokenizer, pick_dtype
     from radgpt.runs.prompts import PromptTemplate, clean_placeholders
-    from radgpt.runs.retrieval import Case, CaseIndex
+    from radgpt.runs.retrieval import CaseIndex, PriorCase
 
     t_start = time.perf_counter()
     device = _device(cfg.model.device)
@@ -550,7 +550,7 @@ def _finetune(cfg: FinetuneConfig, run: Path, resume: bool, log, progress: dict)
     index = None
     if cfg.data.retrieval_k > 0:
         pairs = [e for e in train if e.task == "findings_impression"]
-        index = CaseIndex([Case(e.id, e.input, e.output) for e in pairs], cfg.data.retrieval_match)
+        index = CaseIndex([PriorCase(e.id, e.input, e.output) for e in pairs], cfg.data.retrieval_match)
         attach_retrieval(train, index, cfg.data.retrieval_k, exclude_self=True)
         attach_retrieval(val, index, cfg.data.retrieval_k, exclude_self=False)
     if template.clean_placeholders:  # targets without "XXXX": the model learns not to write it

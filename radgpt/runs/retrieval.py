@@ -23,7 +23,9 @@ from radgpt.runs.folders import CASES_FILE
 
 
 @dataclass
-class Case:
+class PriorCase:
+    """A prior report retrieved into a prompt or shown beside an impression (not the reader study's Case)."""
+
     id: str
     findings: str
     impression: str
@@ -44,7 +46,7 @@ def _with_finding_terms(text: str) -> str:
 
 
 class CaseIndex:
-    def __init__(self, cases: list[Case], match: str = "words"):
+    def __init__(self, cases: list[PriorCase], match: str = "words"):
         """match: "words" — TF-IDF over the findings' words; "findings" — the same plus the findings the
         labeler reads in them (see _with_finding_terms); "consistent" — "findings", then the closest cases
         re-ranked so that those whose impression states exactly the query's findings come first (a prior
@@ -65,7 +67,7 @@ class CaseIndex:
     def _text(self, findings: str) -> str:
         return findings if self.match == "words" else _with_finding_terms(findings)
 
-    def _rerank(self, query: str, hits: list[tuple[Case, float]], k: int) -> list[tuple[Case, float]]:
+    def _rerank(self, query: str, hits: list[tuple[PriorCase, float]], k: int) -> list[tuple[PriorCase, float]]:
         from radgpt.findings.faithfulness import NOT_REQUIRED, stated, unsupported_groups
 
         if self._stated is None:
@@ -80,7 +82,7 @@ class CaseIndex:
         return sorted(hits, key=lambda h: (cost(h), -h[1]))[:k]
 
     def search_many(self, queries: list[str], k: int, exclude_ids: list[set[str]] | None = None
-                    ) -> list[list[tuple[Case, float]]]:
+                    ) -> list[list[tuple[PriorCase, float]]]:
         """Top-k cases per query (cosine similarity), skipping ids in exclude_ids[i]."""
         if k <= 0 or not queries:
             return [[] for _ in queries]
@@ -89,7 +91,7 @@ class CaseIndex:
             return [self._rerank(q, h, k) for q, h in zip(queries, wide)]
         return self._search(queries, k, exclude_ids)
 
-    def _search(self, queries: list[str], k: int, exclude_ids: list[set[str]] | None) -> list[list[tuple[Case, float]]]:
+    def _search(self, queries: list[str], k: int, exclude_ids: list[set[str]] | None) -> list[list[tuple[PriorCase, float]]]:
         import numpy as np
 
         out = []
@@ -102,7 +104,7 @@ class CaseIndex:
             out.append([(self.cases[j], float(row[j])) for j in top if self.cases[j].id not in excl][:k])
         return out
 
-    def search(self, query: str, k: int, exclude_ids: set[str] | None = None) -> list[tuple[Case, float]]:
+    def search(self, query: str, k: int, exclude_ids: set[str] | None = None) -> list[tuple[PriorCase, float]]:
         return self.search_many([query], k, [exclude_ids or set()])[0]
 
     def save(self, folder: str | Path) -> Path:
@@ -222,7 +224,7 @@ def load_cases(path: str | Path):
         for k, value in zip(fields[1:], (f, i)):
             if not isinstance(value, str):
                 raise FatalError(f"{path}:{n}: field '{k}' must be text, got {type(value).__name__}")
-        cases.append(Case(str(cid), f, i))
+        cases.append(PriorCase(str(cid), f, i))
     if not cases:
         raise FatalError(f"{path}: no cases")
     return cases
