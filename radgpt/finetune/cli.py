@@ -20,13 +20,7 @@ The run folder is the contract that `impress`, `serve`, `merge` and `export` rel
     best/                                             the adapter with the lowest validation loss (train.eval_every)
     runs/                                             TensorBoard event files (`tensorboard --logdir RUN/runs`)
 
-Why the loop is hand-written rather than transformers.Trainer: no wasted work, found by profiling a
-CPU step of the default config. The 49k-wide vocabulary projection runs only at response positions
-(the loss ignores the prompt anyway); batches are length-grouped and padded to a multiple of 16; the
-frozen base is stored in bf16 under autocast where the CPU has it; LoRA dropout acts on the rank-r
-activations instead of PEFT's full-width inputs (PEFT's random masks were 25% of a step); attention is
-the eager kernel on CPU (SDPA's CPU flash backward was slower at these lengths).
-bench/bench_finetune.py measures it against Trainer + PEFT.
+The loop itself, and why it is hand-written rather than transformers.Trainer: radgpt/finetune/train.py.
 Multi-GPU and multi-node go through accelerate (FSDP / DeepSpeed configs in configs/accelerate/).
 """
 
