@@ -17,7 +17,6 @@ import radgpt.finetune.autobatch as ab
 from radgpt.common.config import ConfigError, load_config
 from radgpt.common.errors import FatalError
 from radgpt.runs.config import FinetuneConfig
-from tests.tiny_model import build_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 GPU_RECIPES = ["llama2-7b-lora", "mistral-7b-lora", "qwen25-7b-lora", "llama31-8b-qlora",
@@ -25,8 +24,9 @@ GPU_RECIPES = ["llama2-7b-lora", "mistral-7b-lora", "qwen25-7b-lora", "llama31-8
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+def tiny(tiny_base) -> Path:
+    """conftest's session-wide tiny base model (built once for the whole suite; tests only read it)."""
+    return tiny_base
 
 
 # ---- config

@@ -17,14 +17,14 @@ from radgpt.common.config import ConfigError, load_config
 from radgpt.common.errors import FatalError
 from radgpt.finetune.train import build_model, finetune
 from radgpt.runs.config import FinetuneConfig
-from tests.tiny_model import build_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+def tiny(tiny_base) -> Path:
+    """conftest's session-wide tiny base model (built once for the whole suite; tests only read it)."""
+    return tiny_base
 
 
 def _log(run: Path) -> list[dict]:
