@@ -244,3 +244,29 @@ def test_prepare_out_and_out_key_must_agree(tmp_path, capsys):
     assert (tmp_path / "a" / "config.yaml").is_file()
     assert main(["prepare", str(src), f"out={tmp_path / 'c'}", "--quiet"]) == 0  # the alias alone
     assert (tmp_path / "c" / "summary.json").is_file()
+
+
+def test_prepare_follows_the_one_precedence_defaults_yaml_flags_overrides(tmp_path, monkeypatch):
+    """prepare's flags sit between its YAML and key=value overrides, as for every other verb."""
+    import radgpt.prepare.cli as prepare_cli
+    from radgpt.cli import main
+
+    seen = {}
+
+    def fake_prepare(cfg, console, force=False):
+        seen["cfg"] = cfg
+        return {"written": 1}
+
+    monkeypatch.setattr(prepare_cli, "prepare", fake_prepare)
+    monkeypatch.setattr(prepare_cli, "print_summary", lambda summary, console: None)
+    yaml_file = tmp_path / "p.yaml"
+    yaml_file.write_text("source: csv\nsplit:\n  file: from-yaml.csv\n")
+    assert main(["prepare", "r.jsonl", "--config", str(yaml_file), "--quiet"]) == 0
+    assert seen["cfg"].source == "csv" and seen["cfg"].split.file == "from-yaml.csv"  # YAML over defaults
+    assert main(["prepare", "r.jsonl", "--config", str(yaml_file), "--source", "jsonl", "--split-file", "f.csv",
+                 "--quiet"]) == 0
+    assert seen["cfg"].source == "jsonl" and seen["cfg"].split.file == "f.csv"  # flags over YAML
+    assert main(["prepare", "r.jsonl", "--config", str(yaml_file), "--source", "jsonl", "source=openi",
+                 "--for-inference", "--quiet"]) == 0
+    assert seen["cfg"].source == "openi" and seen["cfg"].for_inference  # overrides over flags
+    assert main(["prepare", "r.jsonl", "--out", str(tmp_path / "a"), f"out={tmp_path / 'b'}", "--quiet"]) == 2

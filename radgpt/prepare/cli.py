@@ -517,12 +517,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.epilog = config_help(PrepareConfig()) + """
 
 columns.* not given are detected by name, ignoring case, spaces and _ (ReportText, Report Text, report_text);
-a table with no patient column stops unless split.by=report."""
+a table with no patient column stops unless split.by=report.
+precedence: defaults ← --config YAML ← flags (--out, --source, --split-file, --for-inference) ← key=value."""
     p.add_argument("inputs", nargs="*", metavar="PATH|key=value",
                    help="report files or folders (MIMIC tree/zip, OpenI XML/tgz, CSV/TSV, Excel .xlsx, JSONL, .txt); "
                         "items of the form key=value are config overrides, e.g. split.seed=7 columns.text=ReportText")
     p.add_argument("--out", help="output folder (default out/prepared; out=DIR and the YAML's out: are the "
-                                 "same setting, and --out wins over the YAML)")
+                                 "same setting: --out wins over the YAML, and must agree with out=)")
     p.add_argument("--force", action="store_true", help="replace what an earlier prepare wrote into --out")
     p.add_argument("--for-inference", action="store_true",
                    help="findings only (impression not needed), no split: writes for_inference.jsonl for "
@@ -539,22 +540,17 @@ def run(args: argparse.Namespace) -> int:
     inputs, overrides = [], []
     for item in args.inputs:
         (overrides if re.match(r"^[A-Za-z_][\w.]*=", item) else inputs).append(item)
-    cfg = load_config(PrepareConfig, args.config, overrides)
+    # one precedence for every verb: defaults ← YAML ← flags ← key=value overrides
+    flags = {key: value for key, value in (("out", args.out), ("source", args.source), ("split.file", args.split_file),
+                                           ("for_inference", True if args.for_inference else None)) if value}
+    cfg = load_config(PrepareConfig, args.config, overrides, flags=flags)
     if inputs:
         cfg.inputs = inputs
-    if args.out:
-        # --out is the documented spelling; out=DIR is the config key, accepted too, but the two must not
-        # name different folders (which one would win is not something to guess about an output folder)
-        if any(o.split("=", 1)[0].strip() == "out" for o in overrides) and Path(cfg.out) != Path(args.out):
-            raise FatalError(f"--out {args.out} and out={cfg.out} name different output folders; give it "
-                             "once, as --out DIR")
-        cfg.out = args.out
-    if args.source:
-        cfg.source = args.source
-    if args.split_file:
-        cfg.split.file = args.split_file
-    if args.for_inference:
-        cfg.for_inference = True
+    # --out is the documented spelling; out=DIR is the config key, accepted too, but the two must not name
+    # different folders (which one would win is not something to guess about an output folder)
+    if args.out and any(o.split("=", 1)[0].strip() == "out" for o in overrides) and Path(cfg.out) != Path(args.out):
+        raise FatalError(f"--out {args.out} and out={cfg.out} name different output folders; give it "
+                         "once, as --out DIR")
     console = Console(stderr=True, quiet=args.quiet)
     summary = prepare(cfg, console, force=args.force)
     print_summary(summary, Console(quiet=args.quiet, width=max(120, Console().width)))
