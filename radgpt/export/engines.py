@@ -16,12 +16,12 @@ from radgpt.export.share import check_cases_args, share_cases, write_manifest, w
 from radgpt.runs.folders import (
     CASES_FILE,
     CONFIG_FILE,
-    CT2_MODEL_FILE,
     EXPORT_INFO,
     GGUF_FILE,
     SHARE_MANIFEST,
     TEMPLATE_FILE,
     TOKENIZER_PREFIXES,
+    engine_file,
     export_meta,
 )
 from radgpt.runs.run import RunFolder
@@ -48,15 +48,7 @@ def find_export(run: RunFolder | str | Path, quantization: str = "int8") -> Path
     if run.adapter_sha256 is None:
         return None
     d = cache_export_dir(run, quantization)
-    return d if export_model_file(d) is not None and (d / EXPORT_INFO).exists() else None
-
-
-def export_model_file(folder: Path) -> Path | None:
-    """The engine file of an export folder: CTranslate2's model.bin or llama.cpp's model.gguf."""
-    for name in (CT2_MODEL_FILE, GGUF_FILE):
-        if (folder / name).exists():
-            return folder / name
-    return None
+    return d if engine_file(d) is not None and (d / EXPORT_INFO).exists() else None
 
 
 def export_run(run: str | Path, out: str | Path | None = None, quantization: str = "int8", force: bool = False,
@@ -75,7 +67,7 @@ def export_run(run: str | Path, out: str | Path | None = None, quantization: str
     source_gguf = base_gguf(folder.base) if gguf else None  # fails early, before the merge, for an HF base
     digest = folder.adapter_sha256
     out = Path(out) if out else cache_export_dir(folder, quantization)
-    if export_model_file(out) is not None and not force:
+    if engine_file(out) is not None and not force:
         meta = export_meta(out)
         if meta.get("adapter_sha256") == digest and meta.get("quantization") == quantization and cases == "copy" \
                 and not (out / SHARE_MANIFEST).exists():

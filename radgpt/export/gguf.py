@@ -21,7 +21,6 @@ from pathlib import Path
 from radgpt.common.errors import FatalError
 
 GGUF_QUANTIZATIONS = {"q8_0": ("Q8_0", 7), "f16": ("F16", 1), "f32": ("F32", 0)}  # name: (ggml type, file_type)
-from radgpt.runs.folders import GGUF_FILE  # noqa: F401  (the export file name lives with the folder contract)
 
 _LAYER = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
           "self_attn.o_proj": "attn_output", "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up",

@@ -22,7 +22,11 @@ from radgpt.runs.folders import (
     FILE_NOTES,
     MODEL_CARD,
     SHARE_MANIFEST,
+    TEMPLATE_FILE,
     TOKENIZER_PREFIXES,
+    TRAIN_LOG,
+    VAL_METRICS,
+    VAL_PREDICTIONS,
     describe,
 )
 from radgpt.runs.run import RunFolder
@@ -30,8 +34,8 @@ from radgpt.runs.run import RunFolder
 CASES = ("copy", "omit", "pseudonymize")  # what an export does with retrieval_cases.jsonl
 # kept in a shared folder, besides tokenizer files: what inference needs, the model card, numbers-only records
 SHARE_KEEP = ("adapter_model.safetensors", "adapter_model.bin", "adapter_config.json", "model.safetensors",
-              "model.safetensors.index.json", "config.json", "generation_config.json", "config.yaml",
-              "prompt_template.json", "README.md", "val_metrics.json", "train_log.csv", "loss.png")
+              "model.safetensors.index.json", "config.json", "generation_config.json", CONFIG_FILE,
+              TEMPLATE_FILE, MODEL_CARD, VAL_METRICS, TRAIN_LOG, "loss.png")
 # config.yaml entries that name files of the training machine (removed in a shared folder)
 CONFIG_PATHS = (("out",), ("data", "train"), ("data", "validate"), ("lora", "init_from"), ("merged_from", "run"))
 
@@ -68,7 +72,7 @@ def write_shared_config(run: Path, target: Path) -> list[str]:
             removed.append(".".join(keys))
     data = cfg.get("data") if isinstance(cfg.get("data"), dict) else {}
     if _is_local_path(data.get("template")) or str(data.get("template", "")).endswith(".json"):
-        data["template"] = "prompt_template.json"  # the run's template is that file in the folder
+        data["template"] = TEMPLATE_FILE  # the run's template is that file in the folder
         removed.append("data.template")
     (target / CONFIG_FILE).write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
     return removed
@@ -131,9 +135,9 @@ def card_section(folder: Path, cases: str, n_cases: int) -> str:
 
 def _write_card(run: Path, target: Path, cases: str, n_cases: int) -> None:
     """The run's model card with its "What this folder contains" section rewritten for the shared folder."""
-    src = run / "README.md"
+    src = run / MODEL_CARD
     text = src.read_text(encoding="utf-8") if src.exists() else f"# {run.resolve().name}\n\nA radgpt run folder.\n"
-    (target / "README.md").write_text(text, encoding="utf-8")  # listed by describe() below
+    (target / MODEL_CARD).write_text(text, encoding="utf-8")  # listed by describe() below
     section = card_section(target, cases, n_cases)
     lines = text.splitlines(keepends=True)
     start = next((i for i, x in enumerate(lines) if x.strip() == CARD_SECTION), None)
@@ -142,7 +146,7 @@ def _write_card(run: Path, target: Path, cases: str, n_cases: int) -> None:
     else:
         end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
         text = "".join(lines[:start]) + section + ("\n" + "".join(lines[end:]) if end < len(lines) else "")
-    (target / "README.md").write_text(text, encoding="utf-8")
+    (target / MODEL_CARD).write_text(text, encoding="utf-8")
 
 
 def write_manifest(run: Path, target: Path, cases: str, n_cases: int, scrubbed: list[str], how: str,
@@ -188,7 +192,7 @@ def share_run(run: str | Path, out: str | Path, cases: str = "copy", id_map: str
             shutil.copy2(p, work / p.name)
         else:
             name = p.name + ("/" if p.is_dir() else "")
-            left_out[name] = ("report text" if name in ("val_predictions.jsonl",) else
+            left_out[name] = ("report text" if name in (VAL_PREDICTIONS,) else
                               "not needed for inference" if name in FILE_NOTES else
                               "not a file radgpt knows (shared folders keep only known files)")
     if cases == "omit" and (run / CASES_FILE).exists():

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from radgpt.common.errors import FatalError
 from radgpt.runs.config import FinetuneConfig
+from radgpt.runs.folders import MODEL_CARD, VAL_METRICS
 from radgpt.runs.run import RunFolder
 
 
@@ -45,7 +46,7 @@ def _trained_on_openi(cfg: FinetuneConfig) -> bool:
         except FatalError:
             pass
         try:
-            head = (src / "README.md").read_text(encoding="utf-8").split("\n---", 1)[0]
+            head = (src / MODEL_CARD).read_text(encoding="utf-8").split("\n---", 1)[0]
             if re.search(r"^license:\s*cc-by-nc-nd", head, re.MULTILINE):
                 return True
         except OSError:
@@ -96,7 +97,7 @@ def write_model_card(run: Path, cfg: FinetuneConfig, metrics: dict, info: dict) 
     base = _base_name(cfg.model.base)
     kind = "LoRA adapter" if lora.method == "lora" else "fully fine-tuned model"
     train_file, val_file = Path(data.train).name, Path(data.validate).name if data.validate else ""
-    card = (run / "README.md")
+    card = (run / MODEL_CARD)
     if not card.exists():
         card.write_text("")  # listed by the contents table below
     tags = ["radiology", "impression-generation", "radgpt"] + (["lora"] if lora.method == "lora" else []) + (
@@ -205,7 +206,7 @@ def write_model_card(run: Path, cfg: FinetuneConfig, metrics: dict, info: dict) 
                      "gives them with confidence intervals.")]
         else:
             out += ["", "The validation set was not generated (`eval.generate: false`): no ROUGE figures."]
-    out += [""] + _contents(run, cfg, metrics, expected=("val_metrics.json",)) + [
+    out += [""] + _contents(run, cfg, metrics, expected=(VAL_METRICS,)) + [
         "", "## Reproduce", "", "```bash",
         f"radgpt finetune --config {run.name}/config.yaml out=runs/{run.name}-again   # the resolved config of this run",
         "```", "", ("`config.yaml` names the training files as they were on the training machine; a copy shared with "

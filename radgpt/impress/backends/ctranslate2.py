@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from radgpt.common.errors import FatalError
-from radgpt.impress.backends.base import Backend, Detok, Generation, row_limits
+from radgpt.impress.backends.base import Backend, Detok, Generation, length_batches, row_limits
 from radgpt.impress.backends.tokenizer import folder_tokenizer
 from radgpt.runs.folders import export_meta
 
@@ -73,17 +73,12 @@ class CT2Backend(Backend):
             groups.setdefault(tuple(static) if static else (), []).append(i)
         out: list[Generation | None] = [None] * len(prompts)
         pending = []
+        lengths = [len(rest) for _, rest in toks]
         for static, rows in groups.items():
             # equal lengths together: the impression of a row is then the one it gets alone (see max_batch)
-            rows = sorted(rows, key=lambda i: len(toks[i][1]))
-            chunk: list[int] = []
-            for i in rows + [-1]:
-                if chunk and (i < 0 or len(chunk) >= self.max_batch or len(toks[i][1]) != len(toks[chunk[0]][1])):
-                    pending.append(self._start(chunk, list(static) or None, [toks[j][1] for j in chunk], limits,
-                                               decoding, on_delta, should_stop, out))
-                    chunk = []
-                if i >= 0:
-                    chunk.append(i)
+            for chunk in length_batches(rows, lengths, self.max_batch):
+                pending.append(self._start(chunk, list(static) or None, [toks[j][1] for j in chunk], limits,
+                                           decoding, on_delta, should_stop, out))
         for finish in pending:  # chunks run concurrently on the generator's inter_threads replicas
             finish()
         return out  # type: ignore[return-value]

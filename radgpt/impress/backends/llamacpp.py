@@ -8,7 +8,7 @@ from pathlib import Path
 from radgpt.common.errors import FatalError
 from radgpt.impress.backends.base import Backend, Detok, Generation, row_limits
 from radgpt.impress.backends.tokenizer import folder_tokenizer
-from radgpt.runs.folders import export_meta
+from radgpt.runs.folders import GGUF_FILE, export_meta
 
 
 class LlamaCppBackend(Backend):
@@ -27,8 +27,6 @@ class LlamaCppBackend(Backend):
         except ImportError:
             raise FatalError("the llama.cpp backend needs llama-cpp-python: pip install llama-cpp-python "
                              "(it compiles llama.cpp, ~4 min on 2 cores)") from None
-        from radgpt.export.gguf import GGUF_FILE
-
         folder = Path(folder)
         if not (folder / GGUF_FILE).exists():
             raise FatalError(f"{folder}: no {GGUF_FILE}; make one with radgpt export RUN --quantization q8_0")

@@ -5,52 +5,60 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from radgpt.impress.backends.base import Backend, Detok, Generation, row_limits
+from radgpt.impress.backends.base import Backend, Detok, Generation, length_batches, row_limits
 from radgpt.runs.decoding import Decoding
+
+
+def _device(device: str, threads: int) -> str:
+    """'auto' → cuda when there is one; `threads` (0 = torch's default) set for CPU work."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _autocast(dtype: str | None, device: str):
+    """The autocast dtype, or None for plain fp32. dtype None: fp32 on CPU (the reference the CTranslate2 /
+    llama.cpp exports are checked against), bf16 (fp16 where the GPU lacks it) on CUDA — fp32 there would
+    halve the speed for no gain in the text."""
+    import torch
+
+    from radgpt.runs.base_models import pick_dtype
+
+    dt = pick_dtype(dtype or ("auto" if device.startswith("cuda") else "fp32"), device)
+    return None if dt == torch.float32 else dt
 
 
 class TransformersBackend(Backend):
     name = "transformers"
 
     def __init__(self, run_dir: str | Path, device: str = "cpu", dtype: str | None = None, threads: int = 0):
-        """dtype None: fp32 on CPU (the reference the CTranslate2/llama.cpp exports are checked against), bf16
-        (fp16 where the GPU lacks it) on CUDA — fp32 there would halve the speed for no gain in the text."""
-        import torch
-
-        from radgpt.runs.base_models import pick_dtype
-        from radgpt.runs.run import RunFolder
-
-        if threads:
-            torch.set_num_threads(threads)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
         import warnings
 
+        from radgpt.runs.run import RunFolder
+
+        device = _device(device, threads)
         with warnings.catch_warnings():  # peft/transformers deprecation chatter on every load
             warnings.simplefilter("ignore", FutureWarning)
             loaded = RunFolder(run_dir).load(device=device, merge=True)
-        dt = pick_dtype(dtype or ("auto" if device.startswith("cuda") else "fp32"), device)
-        self._setup(loaded.model, loaded.tokenizer, None if dt == torch.float32 else dt)
+        self._setup(loaded.model, loaded.tokenizer, _autocast(dtype, device))
         self.loaded = loaded
 
     @classmethod
     def from_base(cls, base: str, device: str = "cpu", dtype: str | None = None, threads: int = 0
                   ) -> TransformersBackend:
         """A base model with no adapter (`packaged:NAME`, an HF folder, a GGUF file; models.resolve_base)."""
-        import torch
+        from radgpt.runs.base_models import load_base_model, load_tokenizer, quiet_transformers
 
-        from radgpt.runs.base_models import load_base_model, load_tokenizer, pick_dtype, quiet_transformers
-
-        if threads:
-            torch.set_num_threads(threads)
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = _device(device, threads)
         quiet_transformers()
         model = load_base_model(base, device=device)
         model.eval()
-        dt = pick_dtype(dtype or ("auto" if device.startswith("cuda") else "fp32"), device)
         be = cls.__new__(cls)
-        be._setup(model, load_tokenizer(base), None if dt == torch.float32 else dt)
+        be._setup(model, load_tokenizer(base), _autocast(dtype, device))
         return be
 
     @classmethod
@@ -79,14 +87,8 @@ class TransformersBackend(Backend):
         enc = self.tokenizer(prompts, add_special_tokens=False)["input_ids"]
         limits = row_limits(len(prompts), decoding, max_tokens)
         cpu = not self.device.startswith("cuda")
-        order = sorted(range(len(enc)), key=lambda i: len(enc[i]))
-        groups: list[list[int]] = []
-        cap = self.cpu_max_batch if cpu else self.gpu_max_batch
-        for i in order:
-            if groups and len(groups[-1]) < cap and (not cpu or len(enc[groups[-1][0]]) == len(enc[i])):
-                groups[-1].append(i)
-            else:
-                groups.append([i])
+        groups = length_batches(list(range(len(enc))), [len(e) for e in enc],
+                                self.cpu_max_batch if cpu else self.gpu_max_batch, exact=cpu)
         out: list = [None] * len(enc)
         for idx in groups:
             sub_delta = None if on_delta is None else (lambda j, d, idx=idx: on_delta(idx[j], d))
