@@ -127,3 +127,27 @@ def test_ctranslate2_impressions_do_not_depend_on_the_batch():
     alone = [model.impress([f], dec, repair=False)[0].impression for f in findings]
     assert together == alone
     assert reversed_ == alone
+
+
+def test_the_default_path_exports_the_default_model_once_on_first_use(tmp_path, monkeypatch):
+    """A fresh install: `radgpt impress "…"` (backend auto) on the shipped model makes its CTranslate2 export
+    once, says so, and runs on it — not on transformers (11 s per call here vs 1.5 s) — and a second load
+    finds the export instead of making another. A run on a Hugging Face base stays on transformers
+    (tests/test_export.py), since exporting a 7B model is the user's call."""
+    import shutil
+
+    from radgpt.export.engines import find_export
+    from radgpt.impress.load import load_model
+
+    monkeypatch.setenv("RADGPT_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    shutil.copytree(DEFAULT, run)
+    assert find_export(run) is None
+    said: list[str] = []
+    model = load_model(str(run), log=said.append)
+    assert model.provenance()["backend"] == "ctranslate2"
+    assert any("exporting it once" in m and "radgpt export" in m for m in said), said
+    assert find_export(run) is not None
+    said.clear()
+    assert load_model(str(run), log=said.append).provenance()["backend"] == "ctranslate2"
+    assert not any("exporting" in m for m in said), said

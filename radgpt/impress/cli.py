@@ -18,7 +18,8 @@ A model is an `ImpressionModel`: `impress(findings_list, decoding, similar=3) ->
 the impression, the similar prior cases it leans on (returned to the user; the `shots` most similar also go
 into the prompt when the run was trained with them) and token counts. Kinds, via `load_model(spec)`:
   a run folder            finetune's output (base + PEFT adapter + prompt template + retrieval cases);
-                          backend auto = CTranslate2 int8 when `radgpt export` made one, else transformers
+                          backend auto = CTranslate2 int8 when `radgpt export` made one; a run on a packaged
+                          base (the default model) is exported so once, on first use (~25 s); else transformers
   an export folder        `radgpt export`'s CTranslate2 folder (self-describing: template and cases inside)
   a base model            packaged:smollm2-135m-instruct, a Hugging Face model folder, or a .gguf file: the
                           general instruction model with no adapter, prompted with the paper's instruction in
@@ -64,7 +65,8 @@ class ImpressConfig:
     # at the endpoint (default: the shipped models/radgpt-smollm2-135m)
     model: str | None = None
     # auto: the CTranslate2 export of this run if `radgpt export` made one (fastest for batches), else its
-    # GGUF export (llama.cpp: fastest single impressions), else transformers
+    # GGUF export (llama.cpp), else — for a run on a packaged base like the default model — a CTranslate2
+    # export made once now (~25 s), else transformers
     backend: str = "auto"
     device: str = "cpu"  # cpu | cuda | auto
     threads: int = 0  # CPU threads (0 = all cores)

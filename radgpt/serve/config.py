@@ -21,8 +21,8 @@ class ServeConfig:
     models: list[str] = field(default_factory=list)
     # each model's name in the API, in the order of `models` (default: the folder name, or baseline:NAME)
     names: list[str] = field(default_factory=list)
-    # the engine (docs/serve.md): auto = the model's CTranslate2 or GGUF export if it has one, else
-    # transformers
+    # the engine (docs/serve.md): auto = the model's CTranslate2 or GGUF export if it has one (made once on
+    # first use for a run on a packaged base, like the default model), else transformers
     backend: Literal["auto", "transformers", "ct2", "llama.cpp"] = "auto"
     device: str = "cpu"  # cpu, or cuda for the transformers backend
     threads: int = 0  # CPU threads per model (0 = all cores)
